@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make lab` and `make test`.
+# Dependencies are pinned in one place, settings.ini (read by setup.py); torch is exactly 2.13.0 (CPU wheel).
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT  ?= 8888
+
+.PHONY: setup lab test test-quick export clean-nbs
+
+$(STAMP): settings.ini setup.py pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Set up, then open JupyterLab on the tour notebook (the URL with its token is printed).
+lab: setup
+	$(BIN)/workbench lab --port $(PORT)
+
+# Everything: notebooks (their cells are tests) and tests/ (CLI, export, shipped models, properties).
+test: setup
+	$(BIN)/nbdev-test --n-workers 2
+	$(BIN)/pytest -q -n 2 tests
+
+# Only the fast pytest tests (no notebook run, no slow marks).
+test-quick: setup
+	$(BIN)/pytest -q -m "not slow" tests
+
+# Regenerate workbench/ from nbs/ and strip notebook noise; run before every commit.
+export: setup
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
