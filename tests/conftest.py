@@ -1,0 +1,28 @@
+import os, shutil, subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+POLICY = DATA / "models" / "countdown-policy"
+TEXT_LM = DATA / "models" / "text-lm"
+WORKBENCH = str(Path(sys.executable).with_name("workbench"))
+
+
+def run_cli(*args, cwd=None, timeout=600):
+    "Run the `workbench` CLI; return (returncode, stdout, stderr)."
+    p = subprocess.run([WORKBENCH, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+    if torch.cuda.is_available(): return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for it in items:
+        if "cuda" in it.keywords: it.add_marker(skip)
