@@ -1,0 +1,53 @@
+"`workbench search` and `workbench bench search` end to end, and their bad-input errors."
+import copy, json
+from pathlib import Path
+import pytest
+from safetensors.torch import load_file, save_file
+from conftest import POLICY, run_cli
+from test_cli import assert_clean_error
+
+
+def test_search_list():
+    rc, out, err = run_cli("search", "--list", "--json")
+    assert rc == 0, err
+    assert {"greedy", "best-of-n", "majority", "weighted-majority", "beam", "dvts", "rebase"} <= json.loads(out).keys()
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["search", "beam", "--width", "0"], ["width must be ≥ 1"]),
+    (["search", "astar-magic"], ["unknown search algorithm", "rebase"]),
+    (["search", "beam", "--prm", "psychic"], ["unknown PRM", "oracle"]),
+    (["search", "beam", "--capacity-tokens", "8"], ["smaller than one full path"]),
+    (["search", "beam", "--width", "6", "--expand", "4"], ["multiple of expand"]),
+])
+def test_search_bad_input(args, needles):
+    assert_clean_error(*run_cli(*args, "--n", "2", "--json"), *needles)
+
+
+def test_search_nan_logits(tmp_path):
+    bad = tmp_path / "nan-policy"; bad.mkdir()
+    for f in POLICY.iterdir(): (bad / f.name).write_bytes(f.read_bytes())
+    w = load_file(bad / "model.safetensors")
+    w = {k: v.clone().fill_(float("nan")) if "embed" in k else v for k, v in w.items()}
+    save_file(w, bad / "model.safetensors", metadata={"format": "pt"})
+    assert_clean_error(*run_cli("search", "beam", "--policy", bad, "--n", "2", "--json"), "NaN")
+
+
+def test_search_reports_the_counters(tmp_path):
+    f = tmp_path / "p.jsonl"; f.write_text('{"numbers": [25, 4, 3, 7], "target": 103}\n{"numbers": [6, 5, 12, 2, 8], "target": 94}\n')
+    rc, out, err = run_cli("search", "rebase", "--task-file", f, "--width", "4", "--prm", "oracle", "--json")
+    assert rc == 0, err
+    r = json.loads(out)
+    for k in ("accuracy", "tokens_generated", "forward_passes", "prm_calls", "kv_tokens_ets_metric", "pool_peak_bytes",
+              "naive_peak_bytes", "unique_token_limit_bytes", "wall_s"):
+        assert k in r, k
+    assert r["n"] == 2 and r["pool_peak_bytes"] <= r["naive_peak_bytes"]
+
+
+@pytest.mark.slow
+def test_bench_search_quick_meets_targets():
+    rc, out, err = run_cli("bench", "search", "--quick", "--json", timeout=900)
+    assert rc == 0, err
+    r = json.loads(out)
+    assert r["pool_over_unique_limit_w16"] <= 1.05 and r["pool_over_naive_bytes_w16"] <= 0.33
+    assert r["engine_vs_hf_tokens_per_s"] >= 2
