@@ -124,6 +124,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'workbench.models.check_model_dir': ('models.html#check_model_dir', 'workbench/models.py'),
                                   'workbench.models.load': ('models.html#load', 'workbench/models.py'),
                                   'workbench.models.n_params': ('models.html#n_params', 'workbench/models.py'),
+                                  'workbench.models.quiet_transformers': ('models.html#quiet_transformers', 'workbench/models.py'),
                                   'workbench.models.tiny_llama': ('models.html#tiny_llama', 'workbench/models.py')},
             'workbench.rewards': { 'workbench.rewards.NoisyPRM': ('rewards.html#noisyprm', 'workbench/rewards.py'),
                                    'workbench.rewards.NoisyPRM.__init__': ('rewards.html#noisyprm.__init__', 'workbench/rewards.py'),
