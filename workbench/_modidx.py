@@ -22,6 +22,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'workbench.cli.emit_bench': ('cli.html#emit_bench', 'workbench/cli.py'),
                                'workbench.cli.eval_cmd': ('cli.html#eval_cmd', 'workbench/cli.py'),
                                'workbench.cli.lab': ('cli.html#lab', 'workbench/cli.py'),
+                               'workbench.cli.load_command_modules': ('cli.html#load_command_modules', 'workbench/cli.py'),
                                'workbench.cli.main': ('cli.html#main', 'workbench/cli.py'),
                                'workbench.cli.ppl_cmd': ('cli.html#ppl_cmd', 'workbench/cli.py'),
                                'workbench.cli.problems_for': ('cli.html#problems_for', 'workbench/cli.py'),

@@ -11,8 +11,8 @@ import typer
 from .core import WorkbenchError, check, data_dir
 
 # %% auto #0
-__all__ = ['app', 'train_app', 'bench_app', 'emit', 'main', 'lab', 'train_policy_cmd', 'train_text_cmd', 'train_prm_cmd',
-           'problems_for', 'eval_cmd', 'ppl_cmd', 'search_cmd', 'emit_bench', 'bench_search_cmd']
+__all__ = ['app', 'train_app', 'bench_app', 'emit', 'load_command_modules', 'main', 'lab', 'train_policy_cmd', 'train_text_cmd',
+           'train_prm_cmd', 'problems_for', 'eval_cmd', 'ppl_cmd', 'search_cmd', 'emit_bench', 'bench_search_cmd']
 
 # %% ../nbs/90_cli.ipynb #061600dd
 app = typer.Typer(help="The search · prune · quantize workbench.", no_args_is_help=True,
@@ -29,8 +29,15 @@ def emit(result:dict, as_json:bool):
         w = max(map(len, result))
         for k, v in result.items(): print(f"{k:<{w}}  {v:.4f}" if isinstance(v, float) else f"{k:<{w}}  {v}")
 
+def load_command_modules():
+    "Import every `workbench/cli_*.py`: the quantization, pruning, … notebooks register their commands on `app`."
+    import importlib, pkgutil, workbench
+    for m in pkgutil.iter_modules(workbench.__path__):
+        if m.name.startswith("cli_"): importlib.import_module(f"workbench.{m.name}")
+
 def main():
     "Entry point: run the app, turning bad input into one line on stderr and exit code 2."
+    load_command_modules()
     try: rv = app(standalone_mode=False)
     except WorkbenchError as e: print(f"error: {e}", file=sys.stderr); sys.exit(2)
     except Exception as e:
