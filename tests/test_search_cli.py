@@ -10,7 +10,8 @@ from test_cli import assert_clean_error
 def test_search_list():
     rc, out, err = run_cli("search", "--list", "--json")
     assert rc == 0, err
-    assert {"greedy", "best-of-n", "majority", "weighted-majority", "beam", "dvts", "rebase"} <= json.loads(out).keys()
+    assert {"greedy", "best-of-n", "majority", "weighted-majority", "beam", "dvts", "rebase", "ets", "mcts", "astar",
+            "particle-filter", "diverse-beam"} <= json.loads(out).keys()
 
 
 @pytest.mark.parametrize("args,needles", [
@@ -20,6 +21,10 @@ def test_search_list():
     (["search", "beam", "--capacity-tokens", "8"], ["smaller than one full path"]),
     (["search", "beam", "--width", "6", "--expand", "4"], ["multiple of expand"]),
     (["search", "beam", "--prm", "learned", "--prm-path", "no/such/prm"], ["does not exist"]),
+    (["search", "ets", "--lambda-c", "-1"], ["must be ≥ 0"]),
+    (["search", "mcts", "--w-exp", "-0.5"], ["w_exp ≥ 0"]),
+    (["search", "particle-filter", "--particle-temperature", "0"], ["must be > 0"]),
+    (["search", "diverse-beam", "--width", "6", "--groups", "4"], ["must divide"]),
 ])
 def test_search_bad_input(args, needles):
     assert_clean_error(*run_cli(*args, "--n", "2", "--json"), *needles)
@@ -53,4 +58,24 @@ def test_bench_search_quick_runs_and_kv_ratios_hold():
     assert rc == 0, err
     r = json.loads(out)
     assert r["pool_over_unique_limit_w16"] <= 1.05 and r["pool_over_naive_bytes_w16"] <= 0.33
-    assert r["engine_vs_hf_tokens_per_s"] > 0 and len(r["rows"]) == 1 + 2 * 6
+    assert r["engine_vs_hf_tokens_per_s"] > 0 and len(r["rows"]) == 1 + 2 * 11 and len(r["noisy_rows"]) == 2 * 5
+    assert set(r["claims"]) >= {"noisy_best-of-n_over_astar_tokens_generated", "noisy_beam_over_particle_budget"}
+
+
+@pytest.mark.parametrize("algo", ["ets", "mcts", "astar", "particle-filter", "diverse-beam"])
+def test_new_searches_share_the_counters(algo):
+    rc, out, err = run_cli("search", algo, "--n", "2", "--width", "4", "--prm", "noisy", "--json")
+    assert rc == 0, err
+    r = json.loads(out)
+    assert r["algorithm"] == algo and 0 <= r["accuracy"] <= 1 and r["tokens_generated"] > 0
+    assert r["pool_peak_bytes"] <= r["naive_peak_bytes"] and ("prm_calls" in r)
+
+
+@pytest.mark.slow
+def test_bench_ets_quick():
+    rc, out, err = run_cli("bench", "ets", "--quick", "--json", timeout=900)
+    assert rc == 0, err
+    r = json.loads(out)
+    for prm in ("learned", "oracle"):
+        assert r[prm]["kv_reduction"] > 0 and r[prm]["solver_ms_per_step"] > 0 and "accuracy_drop_pts" in r[prm]
+    assert {(x["lambda_c"], x["lambda_s"]) for x in r["rows"] if x["algorithm"] == "ets"} >= {(0.5, 1.5), (2.0, 1.5)}

@@ -12,7 +12,8 @@ from .core import WorkbenchError, check, data_dir
 
 # %% auto #0
 __all__ = ['app', 'train_app', 'bench_app', 'emit', 'load_command_modules', 'main', 'lab', 'train_policy_cmd', 'train_text_cmd',
-           'train_prm_cmd', 'problems_for', 'eval_cmd', 'ppl_cmd', 'search_cmd', 'emit_bench', 'bench_search_cmd']
+           'train_prm_cmd', 'problems_for', 'eval_cmd', 'ppl_cmd', 'search_cmd', 'emit_bench', 'bench_search_cmd',
+           'bench_ets_cmd']
 
 # %% ../nbs/90_cli.ipynb #061600dd
 app = typer.Typer(help="The search · prune · quantize workbench.", no_args_is_help=True,
@@ -152,8 +153,14 @@ def search_cmd(algo:Optional[str]=typer.Argument(None, help="Search algorithm (s
                task:str="countdown", split:str="hard",
                task_file:Optional[Path]=typer.Option(None, help="JSONL problems instead of a split"),
                n:int=typer.Option(100, help="Problems"), width:int=typer.Option(16, help="Width / budget N"),
-               expand:int=typer.Option(4, help="M: expansions per kept beam (beam, dvts)"),
-               softmax_temperature:float=typer.Option(0.2, help="T of REBASE's softmax"),
+               expand:int=typer.Option(4, help="M / k: expansions per kept beam (beam, dvts), per pop (astar), per step (mcts)"),
+               softmax_temperature:float=typer.Option(0.2, help="T of REBASE's and ETS's softmax"),
+               lambda_c:float=typer.Option(1.0, help="ETS: weight of the retained-node (KV) cost"),
+               lambda_s:float=typer.Option(1.5, help="ETS: weight of the semantic-coverage bonus"),
+               particle_temperature:float=typer.Option(1.0, help="Particle filter: T of the resampling softmax"),
+               w_exp:float=typer.Option(1.0, help="MCTS: exploration weight"),
+               groups:Optional[int]=typer.Option(None, help="Diverse beam: groups G (default G = width)"),
+               penalty:float=typer.Option(0.5, help="Diverse beam: Hamming diversity penalty λ"),
                prm:str=typer.Option("oracle", help="oracle, noisy, outcome or learned"),
                prm_path:Optional[Path]=typer.Option(None, help="Learned PRM directory; default data/models/countdown-prm"),
                flip:float=typer.Option(0.2, help="Noisy PRM: label flip probability"),
@@ -188,21 +195,34 @@ def search_cmd(algo:Optional[str]=typer.Argument(None, help="Search algorithm (s
     check(capacity_tokens >= longest, f"capacity_tokens ({capacity_tokens}) is smaller than one full path (~{longest} tokens); raise it")
     engine = Engine(lm, capacity_tokens=capacity_tokens, block_size=block_size)
     res = search_many(algo, engine, reward, t, probs, cfg, chunk=chunk, quiet=as_json, expand=expand,
-                      softmax_temperature=softmax_temperature)
+                      softmax_temperature=softmax_temperature, lambda_c=lambda_c, lambda_s=lambda_s,
+                      particle_temperature=particle_temperature, w_exp=w_exp, groups=groups, penalty=penalty)
     emit({"task": task, "split": "file" if task_file else split, "prm": prm, **res}, as_json)
 
 # %% ../nbs/90_cli.ipynb #b3f91a71
 def emit_bench(res:dict, as_json:bool):
-    "A benchmark's table (stderr with --json, else stdout) and its result (one JSON object with --json)."
-    from workbench.benchmarks.search import format_table
-    table = format_table(res["rows"]) + "\n" + "\n".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
-                                                           for k, v in res.items() if k != "rows")
-    print(table, file=sys.stderr if as_json else sys.stdout)
+    "A benchmark's tables and figures (stderr with --json, else stdout) and its result (one JSON object with --json)."
+    from workbench.benchmarks.search import format_table, scaling_table
+    out = []
+    for k, v in res.items():
+        if k.endswith("rows") and v and "algorithm" in v[0]:
+            out += [f"{k}:", format_table(v)] + ([f"{k} (accuracy (tokens) by budget):", scaling_table(v)] if len({r["width"] for r in v}) > 1 else [])
+        elif k.endswith("rows"): out += [f"{k}:", format_table(v, cols=tuple(v[0]))] if v else []
+        elif isinstance(v, dict): out += [f"{k}:"] + [f"  {a}: {b:.3f}" if isinstance(b, float) else f"  {a}: {b}" for a, b in v.items()]
+        else: out.append(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}")
+    print("\n".join(out), file=sys.stderr if as_json else sys.stdout)
     if as_json: print(json.dumps(res))
 
 @bench_app.command("search")
 def bench_search_cmd(quick:bool=typer.Option(False, "--quick", help="Small settings (< 2 minutes on 2 CPU cores)"),
                      device:Optional[str]=None, seed:int=0, as_json:bool=typer.Option(False, "--json")):
-    "Engine vs per-path generate, KV bytes vs limits, and every search at widths 4/16(/64) on the hard split."
+    "Engine vs per-path generate, KV bytes vs limits, every search at budgets 4…64 (the scaling table), the claims."
     from workbench.benchmarks.search import bench_search
     emit_bench(bench_search(quick=quick, device=device, seed=seed, quiet=False), as_json)
+
+@bench_app.command("ets")
+def bench_ets_cmd(quick:bool=typer.Option(False, "--quick", help="Small settings (< 2 minutes on 2 CPU cores)"),
+                  device:Optional[str]=None, seed:int=0, as_json:bool=typer.Option(False, "--json")):
+    "ETS vs REBASE at width 16 (learned and oracle PRM): KV reduction, accuracy drop, pool peaks, solver time, λ sweep."
+    from workbench.benchmarks.ets import bench_ets
+    emit_bench(bench_ets(quick=quick, device=device, seed=seed, quiet=False), as_json)

@@ -5,18 +5,18 @@ algorithm's accuracy and counters, side by side in one run."""
 
 # %% ../../nbs/28_bench_search.ipynb #49d66731
 from __future__ import annotations
-import itertools, json, sys, time
+import itertools, json, math, sys, time
 import torch
 from ..core import check, data_dir, derive_seed, pick_device
 from ..engine import Engine, Node, Stats
 from ..models import LM, load
-from ..rewards import OraclePRM
+from ..rewards import NoisyPRM, OraclePRM
 from ..search.core import SearchConfig
 from ..search.registry import SEARCHES, search_many
 from ..tasks import Countdown
 
 # %% auto #0
-__all__ = ['PerPathGenerate', 'bench_search', 'format_table']
+__all__ = ['PerPathGenerate', 'cost_to_reach', 'bench_search', 'claims', 'format_table', 'scaling_table']
 
 # %% ../../nbs/28_bench_search.ipynb #6b75b55c
 class PerPathGenerate:
@@ -59,15 +59,24 @@ class PerPathGenerate:
 # %% ../../nbs/28_bench_search.ipynb #4d29943d
 def _tokens_per_s(r:dict) -> float: return r["tokens_generated"] / r["wall_s"]
 
+def cost_to_reach(rows:list[dict], target:float, cost:str="tokens_generated") -> float|None:
+    "Cost (tokens, PRM calls or width) at which an accuracy curve first reaches `target`, interpolated in log cost."
+    pts = sorted((r[cost], r["accuracy"]) for r in rows)
+    for (c0, a0), (c1, a1) in zip([(pts[0][0], -1.0)] + pts, pts):
+        if a1 >= target:
+            if a0 < 0 or a1 == a0: return float(c1) if a0 < 0 or a0 < target else float(c0)
+            return float(math.exp(math.log(c0) + (target - a0) / (a1 - a0) * (math.log(c1) - math.log(c0))))
+    return None
+
 def bench_search(quick:bool=False,     # Small settings: < 2 minutes on 2 CPU cores
                  device:str|None=None, # None = CUDA when present
                  policy:str|None=None, # Policy directory; default the shipped one
                  seed:int=0, quiet:bool=True) -> dict:
-    "Engine vs per-path generate, KV bytes vs their limits, and every algorithm at several widths, in one run."
+    "Engine vs per-path generate, KV bytes vs their limits, every algorithm at budgets 4…64, and the papers' claims."
     dev = pick_device(device)
     lm = load(policy or data_dir() / "models" / "countdown-policy", device=str(dev))
     task, prm = Countdown(), OraclePRM()
-    n, widths, n_speed = (16, (4, 16), 3) if quick else (100, (4, 16, 64), 6)
+    n, budgets, n_speed = (16, (4, 16), 3) if quick else (100, (4, 8, 16, 32, 64), 6)
     problems = task.problems("hard", n, seed)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     engine = Engine(lm, capacity_tokens=1 << 19)
@@ -79,22 +88,29 @@ def bench_search(quick:bool=False,     # Small settings: < 2 minutes on 2 CPU co
     cuda_peak = torch.cuda.max_memory_allocated(dev) if cuda else None
     hf = search_many("beam", PerPathGenerate(lm), prm, task, speed_probs, cfg16, chunk=n_speed)
     log(f"engine {_tokens_per_s(eng):.0f} tok/s, per-path generate {_tokens_per_s(hf):.0f} tok/s")
-    # 2. every algorithm at every width, oracle PRM, hard split
-    rows = [search_many("greedy", engine, prm, task, problems, SearchConfig(width=1, seed=seed))]
-    for w in widths:
-        for name in SEARCHES:
-            if name == "greedy" or (name in ("beam", "dvts") and w % 4): continue
-            rows.append(search_many(name, engine, prm, task, problems, SearchConfig(width=w, seed=seed), quiet=quiet))
-            log(f"{name:>18} w={w:<3} acc={rows[-1]['accuracy']:.2f} tokens={rows[-1]['tokens_generated']}")
-    at = lambda name, w: next(r for r in rows if r["algorithm"] == name and r["width"] == w)
+    # 2. the scaling table: every algorithm at every budget, oracle PRM, hard split
+    def sweep(names, prm, prm_name):
+        out = []
+        for w in budgets:
+            for name in names:
+                out.append({"prm": prm_name, **search_many(name, engine, prm, task, problems, SearchConfig(width=w, seed=seed))})
+                log(f"{prm_name:>6} {name:>18} w={w:<3} acc={out[-1]['accuracy']:.2f} tokens={out[-1]['tokens_generated']}")
+        return out
+    rows = [{"prm": "oracle", **search_many("greedy", engine, prm, task, problems, SearchConfig(width=1, seed=seed))}]
+    rows += sweep([s for s in SEARCHES if s != "greedy"], prm, "oracle")
+    # 3. the claims need an imperfect PRM: the same curves with the noisy oracle for the algorithms they compare
+    claim_algos = ("best-of-n", "weighted-majority", "beam", "particle-filter", "astar")
+    noisy = sweep(claim_algos, NoisyPRM(flip=0.2, sigma=0.1, seed=seed), "noisy")
+    at = lambda name, w, rs=rows: next(r for r in rs if r["algorithm"] == name and r["width"] == w)
     beam16, rebase16, vote16 = at("beam", 16), at("rebase", 16), at("majority", 16)
-    res = {"device": str(dev), "quick": quick, "task": "countdown", "split": "hard", "n": n, "prm": "oracle",
+    res = {"device": str(dev), "quick": quick, "task": "countdown", "split": "hard", "n": n, "budgets": list(budgets),
            "engine_tokens_per_s": _tokens_per_s(eng), "hf_generate_tokens_per_s": _tokens_per_s(hf),
            "engine_vs_hf_tokens_per_s": _tokens_per_s(eng) / _tokens_per_s(hf),
            "pool_over_naive_bytes_w16": beam16["pool_peak_bytes"] / beam16["naive_peak_bytes"],
            "pool_over_unique_limit_w16": beam16["pool_peak_bytes"] / beam16["unique_token_limit_bytes"],
-           "rows": rows}
+           "rows": rows, "noisy_rows": noisy}
     if cuda: res.update(cuda_max_memory_allocated_bytes=cuda_peak, pool_peak_bytes_speed_run=eng["pool_peak_bytes"])
+    res["claims"] = claims(rows, noisy, budgets)
     res["targets"] = {
         "pool_over_naive_bytes_w16 <= 0.33": res["pool_over_naive_bytes_w16"] <= 0.33,
         "pool_over_unique_limit_w16 <= 1.05": res["pool_over_unique_limit_w16"] <= 1.05,
@@ -102,6 +118,25 @@ def bench_search(quick:bool=False,     # Small settings: < 2 minutes on 2 CPU co
         "beam_w16 > majority_w16": beam16["accuracy"] > vote16["accuracy"],
         "rebase_w16 > majority_w16": rebase16["accuracy"] > vote16["accuracy"]}
     return res
+
+# %% ../../nbs/28_bench_search.ipynb #06093b11
+def claims(rows:list[dict], noisy:list[dict], budgets) -> dict:
+    "Matched-accuracy cost ratios for the A*-decoding and particle-filtering claims (None where a curve never gets there)."
+    out = {}
+    ratio = lambda a, b: (a / b) if a and b else None
+    for prm_name, rs in (("oracle", rows), ("noisy", noisy)):
+        curve = lambda name: [r for r in rs if r["algorithm"] == name]
+        astar = max(curve("astar"), key=lambda r: r["accuracy"])
+        for other in ("best-of-n", "particle-filter"):
+            if not curve(other): continue
+            out[f"{prm_name}_astar_target_accuracy"] = astar["accuracy"]
+            for cost in ("tokens_generated", "prm_calls"):
+                out[f"{prm_name}_{other}_over_astar_{cost}"] = ratio(cost_to_reach(curve(other), astar["accuracy"], cost), astar[cost])
+        target = max(r["accuracy"] for r in curve("beam"))
+        out[f"{prm_name}_beam_best_accuracy"] = target
+        out[f"{prm_name}_beam_over_particle_budget"] = ratio(cost_to_reach(curve("beam"), target, "width"),
+                                                            cost_to_reach(curve("particle-filter"), target, "width"))
+    return out
 
 # %% ../../nbs/28_bench_search.ipynb #68ef6920
 def format_table(rows:list[dict], cols=("algorithm", "width", "accuracy", "tokens_generated", "forward_passes", "prm_calls",
@@ -111,3 +146,10 @@ def format_table(rows:list[dict], cols=("algorithm", "width", "accuracy", "token
     cells = [list(cols)] + [[fmt(r.get(c, "")) for c in cols] for r in rows]
     w = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     return "\n".join("  ".join(c.rjust(w[i]) for i, c in enumerate(row)) for row in cells)
+
+def scaling_table(rows:list[dict]) -> str:
+    "Accuracy (tokens generated) of every algorithm at every budget: the table behind the scaling figure."
+    algos, budgets = list(dict.fromkeys(r["algorithm"] for r in rows)), sorted({r["width"] for r in rows})
+    cell = {(r["algorithm"], r["width"]): f'{r["accuracy"]:.2f} ({r["tokens_generated"]})' for r in rows}
+    return format_table([{"algorithm": a, **{str(b): cell.get((a, b), "") for b in budgets}} for a in algos],
+                        cols=("algorithm", *map(str, budgets)))

@@ -15,7 +15,7 @@ from ..rewards import PRM, aggregate
 from ..tasks import Task
 
 # %% auto #0
-__all__ = ['Select', 'SearchConfig', 'choose_answer', 'SearchResult', 'step_search']
+__all__ = ['Select', 'SearchConfig', 'choose_answer', 'SearchResult', 'Recorder', 'step_search']
 
 # %% ../../nbs/23_search.ipynb #7aeb08b5
 @dataclass(frozen=True)
@@ -69,6 +69,81 @@ class SearchResult:
         return {"algorithm": self.algorithm, "n": len(self.correct), "accuracy": self.accuracy, **self.counters}
 
 # %% ../../nbs/23_search.ipynb #86b1ed20
+class Recorder:
+    "The shared bookkeeping of a search: events, budget counters, finished trajectories and the final result."
+    def __init__(self, engine:Engine, prm:PRM, task:Task, problems:list, cfg:SearchConfig, name:str,
+                 on_event:Callable[[dict], None]|None=None):
+        check(len(problems) >= 1, "no problems to search")
+        self.engine, self.prm, self.task, self.problems, self.cfg, self.name, self.on_event = engine, prm, task, problems, cfg, name, on_event
+        self.events, self.t0, self.prm_calls0 = [], time.time(), prm.calls
+        self.stats0 = (engine.stats.tokens_generated, engine.stats.forward_passes)
+        engine.stats.pool_peak_bytes = engine.stats.naive_peak_bytes = engine.stats.unique_token_peak_bytes = 0
+        self.finished = defaultdict(list)
+        self.kv = {"kv_tokens_ets_metric": 0, "kv_tokens_with_prompt": 0, "kv_tokens_peak": 0}
+        self.gen = torch.Generator(device="cpu").manual_seed(derive_seed(cfg.seed, name))
+
+    def emit(self, **ev):
+        self.events.append(ev)
+        if self.on_event is not None: self.on_event(ev)
+
+    def roots(self) -> list[Node]:
+        "One root per problem (its prompt in the KV pool), announced as events."
+        roots = [self.engine.add_root(self.task.prompt(p), problem=i) for i, p in enumerate(self.problems)]
+        for r in roots:
+            r.meta.update(score=1.0, steps=[], step_scores=[])
+            self.emit(t="add", node=r.id, parent=None, problem=r.problem, depth=0, text=self.task.prompt(self.problems[r.problem]), tokens=len(r.tokens))
+        return roots
+
+    def count_kv(self, frontier:list[Node]):
+        "Add one selection step's ETS KV metric (§0.1) over `frontier`."
+        m = ets_kv_metric(frontier, include_prompt=False)
+        self.kv["kv_tokens_ets_metric"] += m; self.kv["kv_tokens_peak"] = max(self.kv["kv_tokens_peak"], m)
+        self.kv["kv_tokens_with_prompt"] += ets_kv_metric(frontier, include_prompt=True)
+
+    def expand(self, requests:list[tuple[Node, int]]) -> list[list[Node]]:
+        "Sample children in one engine batch; set their steps and announce them."
+        cfg = self.cfg
+        kids = self.engine.expand(requests, cfg.temperature, cfg.top_p, cfg.max_step_tokens, generator=self.gen)
+        for ch in (ch for group in kids for ch in group):
+            ch.meta["steps"] = ch.parent.meta["steps"] + [ch.text.strip()]
+            ch.meta["terminal"] = bool(ch.meta.get("eos") or self.task.is_terminal(self.problems[ch.problem], ch.meta["steps"])
+                                       or ch.depth >= cfg.max_depth)
+            self.emit(t="add", node=ch.id, parent=ch.parent.id, problem=ch.problem, depth=ch.depth, text=ch.text, tokens=len(ch.tokens))
+        return kids
+
+    def score(self, nodes:list[Node]):
+        "PRM scores of every step of each node's path, in one batch (`meta['step_scores']`, `meta['score']` = last)."
+        if not nodes: return
+        for n, sc in zip(nodes, self.prm.batch(self.task, [(self.problems[n.problem], n.meta["steps"]) for n in nodes])):
+            n.meta["step_scores"], n.meta["score"] = sc, (sc[-1] if sc else 0.0)
+            self.emit(t="score", node=n.id, score=n.meta["score"])
+
+    def finish(self, node:Node):
+        "Record a finished trajectory (its answer and aggregated score)."
+        sol = "\n".join(node.meta["steps"]) + "\n"
+        f = (self.task.answer(self.problems[node.problem], sol), aggregate(node.meta.get("step_scores", []), self.cfg.agg), node)
+        self.finished[node.problem].append(f)
+        self.emit(t="finish", node=node.id, answer=f[0], score=f[1])
+
+    def result(self, roots:list[Node], **extra) -> SearchResult:
+        "Choose each problem's answer and gather the counters."
+        answers, correct, sols = [], [], []
+        for i, p in enumerate(self.problems):
+            a, node = choose_answer(self.finished[i], self.cfg.answer)
+            sol = "\n".join(node.meta["steps"]) + "\n" if node is not None else ""
+            answers.append(a); sols.append(sol); correct.append(node is not None and self.task.is_correct(p, sol))
+            if node is not None: node.meta["selected"] = True; self.emit(t="answer", problem=i, node=node.id, answer=a)
+        s = self.engine.stats
+        counters = {"tokens_generated": s.tokens_generated - self.stats0[0], "forward_passes": s.forward_passes - self.stats0[1],
+                    "prm_calls": self.prm.calls - self.prm_calls0, **self.kv,
+                    "pool_peak_bytes": s.pool_peak_bytes, "naive_peak_bytes": s.naive_peak_bytes,
+                    "unique_token_limit_bytes": s.unique_token_peak_bytes,
+                    "finished": sum(len(f) for f in self.finished.values()), "wall_s": time.time() - self.t0, **extra}
+        return SearchResult(self.name, asdict(self.cfg), answers, correct, sols, roots, counters, self.events)
+
+
+
+# %% ../../nbs/23_search.ipynb #9ba39551
 Select = Callable[[list[Node], int, int, dict], list[int]]
 
 def step_search(engine:Engine, prm:PRM, task:Task, problems:list,
@@ -81,76 +156,38 @@ def step_search(engine:Engine, prm:PRM, task:Task, problems:list,
                 width_accounting:bool=True, # A finished node uses up one unit of width (False: `select` alone decides, as DVTS)
                ) -> SearchResult:
     "Run a step-level search on `problems` at once; every expansion of every problem is one batched engine call."
-    check(len(problems) >= 1, "no problems to search")
-    events, t0 = [], time.time()
-    def emit(**ev):
-        events.append(ev)
-        if on_event is not None: on_event(ev)
-    prm_calls0, stats0 = prm.calls, (engine.stats.tokens_generated, engine.stats.forward_passes)
-    engine.stats.pool_peak_bytes = engine.stats.naive_peak_bytes = engine.stats.unique_token_peak_bytes = 0
-    gen = torch.Generator(device="cpu").manual_seed(derive_seed(cfg.seed, name))
-    roots = [engine.add_root(task.prompt(p), problem=i) for i, p in enumerate(problems)]
-    for r in roots:
-        r.meta.update(score=1.0, steps=[], step_scores=[])
-        emit(t="add", node=r.id, parent=None, problem=r.problem, depth=0, text=task.prompt(problems[r.problem]), tokens=len(r.tokens))
+    rec = Recorder(engine, prm, task, problems, cfg, name, on_event)
+    roots = rec.roots()
     frontier = {i: [r] for i, r in enumerate(roots)}
     remaining, state = {i: cfg.width for i in frontier}, {i: {} for i in frontier}
-    finished, kv = defaultdict(list), {"kv_tokens_ets_metric": 0, "kv_tokens_with_prompt": 0, "kv_tokens_peak": 0}
     for depth in range(cfg.max_depth + 1):
         requests = []
         for i, cands in frontier.items():
             if not cands or (width_accounting and remaining[i] <= 0): continue
-            m = ets_kv_metric(cands, include_prompt=False)
-            kv["kv_tokens_ets_metric"] += m; kv["kv_tokens_peak"] = max(kv["kv_tokens_peak"], m)
-            kv["kv_tokens_with_prompt"] += ets_kv_metric(cands, include_prompt=True)
+            rec.count_kv(cands)
             counts = select(cands, remaining[i], depth, state[i]) if depth < cfg.max_depth else [0] * len(cands)
             check(len(counts) == len(cands) and sum(counts) <= max(cfg.width, len(cands)),
                   f"{name}: select returned {counts} for {len(cands)} candidates and width {cfg.width}")
-            emit(t="select", problem=i, depth=depth, counts={c.id: k for c, k in zip(cands, counts)})
+            rec.emit(t="select", problem=i, depth=depth, counts={c.id: k for c, k in zip(cands, counts)})
             for c, k in zip(cands, counts):
-                if k > 0: requests.append((c, k)); emit(t="keep", node=c.id, children=k)
-                else: emit(t="prune", node=c.id)
+                if k > 0: requests.append((c, k)); rec.emit(t="keep", node=c.id, children=k)
+                else: rec.emit(t="prune", node=c.id)
         if not requests: break
-        kids = engine.expand(requests, cfg.temperature, cfg.top_p, cfg.max_step_tokens, generator=gen)
+        kids = rec.expand(requests)
         for c, _ in requests: engine.release(c)             # the search keeps the children, not the parent
         for cands in frontier.values():                     # pruned candidates are released too
             for c in cands:
                 if not c.released and not any(c is r for r, _ in requests): engine.release(c)
-        new = {i: [] for i in frontier}
         flat = [ch for group in kids for ch in group]
+        rec.score([ch for ch in flat if score_partial or (ch.meta["terminal"] and score_finished)])
+        new = {i: [] for i in frontier}
         for ch in flat:
-            ch.meta["steps"] = ch.parent.meta["steps"] + [ch.text.strip()]
-            emit(t="add", node=ch.id, parent=ch.parent.id, problem=ch.problem, depth=ch.depth, text=ch.text, tokens=len(ch.tokens))
-        terminal = [ch.meta.get("eos") or task.is_terminal(problems[ch.problem], ch.meta["steps"]) or ch.depth >= cfg.max_depth for ch in flat]
-        to_score = [ch for ch, t in zip(flat, terminal) if score_partial or (t and score_finished)]
-        for ch, sc in zip(to_score, prm.batch(task, [(problems[ch.problem], ch.meta["steps"]) for ch in to_score])):
-            ch.meta["step_scores"], ch.meta["score"] = sc, (sc[-1] if sc else 0.0)
-            emit(t="score", node=ch.id, score=ch.meta["score"])
-        for ch, t in zip(flat, terminal):
             ch.meta.setdefault("score", 1.0)  # unscored partial paths (best-of-N) rank equally
-            if t:
-                p = problems[ch.problem]
-                sol = "\n".join(ch.meta["steps"]) + "\n"
-                finished[ch.problem].append((task.answer(p, sol), aggregate(ch.meta.get("step_scores", []), cfg.agg), ch))
-                remaining[ch.problem] -= 1
-                ch.meta["terminal"] = True
-                emit(t="finish", node=ch.id, answer=finished[ch.problem][-1][0], score=finished[ch.problem][-1][1])
-                engine.release(ch)
+            if ch.meta["terminal"]:
+                rec.finish(ch); remaining[ch.problem] -= 1; engine.release(ch)
             else: new[ch.problem].append(ch)
         frontier = new
     for cands in frontier.values():
         for c in cands:
             if not c.released: engine.release(c)
-    answers, correct, sols = [], [], []
-    for i, p in enumerate(problems):
-        a, node = choose_answer(finished[i], cfg.answer)
-        sol = "\n".join(node.meta["steps"]) + "\n" if node is not None else ""
-        answers.append(a); sols.append(sol); correct.append(node is not None and task.is_correct(p, sol))
-        if node is not None: node.meta["selected"] = True; emit(t="answer", problem=i, node=node.id, answer=a)
-    s, bpt = engine.stats, engine.pool.bytes_per_token
-    counters = {"tokens_generated": s.tokens_generated - stats0[0], "forward_passes": s.forward_passes - stats0[1],
-                "prm_calls": prm.calls - prm_calls0, **kv,
-                "pool_peak_bytes": s.pool_peak_bytes, "naive_peak_bytes": s.naive_peak_bytes,
-                "unique_token_limit_bytes": s.unique_token_peak_bytes, "finished": sum(len(f) for f in finished.values()),
-                "wall_s": time.time() - t0}
-    return SearchResult(name, asdict(cfg), answers, correct, sols, roots, counters, events)
+    return rec.result(roots)

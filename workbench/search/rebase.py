@@ -35,6 +35,6 @@ def rebase_select(temperature:float=0.2):
         return rebase_allocation([c.meta["score"] for c in cands], remaining, temperature)
     return select
 
-def rebase(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), temperature:float=0.2, on_event=None) -> SearchResult:
+def rebase(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), softmax_temperature:float=0.2, on_event=None) -> SearchResult:
     "REBASE tree search: the remaining width is split by softmax(score / T) at every depth."
-    return step_search(engine, prm, task, problems, rebase_select(temperature), cfg, "rebase", on_event)
+    return step_search(engine, prm, task, problems, rebase_select(softmax_temperature), cfg, "rebase", on_event)

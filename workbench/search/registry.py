@@ -4,6 +4,7 @@
 
 # %% ../../nbs/29_search_registry.ipynb #326c9269
 from __future__ import annotations
+import inspect
 from dataclasses import replace
 from ..core import check
 from .core import SearchConfig, SearchResult, step_search
@@ -11,9 +12,14 @@ from .best_of_n import best_of_n, best_of_n_select, majority_vote, weighted_vote
 from .beam import beam_search
 from .dvts import dvts
 from .rebase import rebase
+from .ets import ets
+from .mcts import mcts
+from .astar import astar_decoding
+from .particle import particle_filter
+from .diverse_beam import diverse_beam
 
 # %% auto #0
-__all__ = ['SEARCHES', 'PEAKS', 'greedy', 'run_search', 'search_many']
+__all__ = ['SEARCHES', 'PEAKS', 'greedy', 'best_of_n_best', 'search_knobs', 'run_search', 'search_many']
 
 # %% ../../nbs/29_search_registry.ipynb #5c2ea86d
 def greedy(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), on_event=None) -> SearchResult:
@@ -21,29 +27,39 @@ def greedy(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), on_even
     return step_search(engine, prm, task, problems, best_of_n_select, replace(cfg, width=1, temperature=0.0), "greedy",
                        on_event, score_partial=False)
 
+def best_of_n_best(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), on_event=None) -> SearchResult:
+    "Best-of-N with the naive rule: the single highest-scored solution."
+    return best_of_n(engine, prm, task, problems, replace(cfg, answer="best"), on_event)
+
 SEARCHES = {
     "greedy": (greedy, "greedy decoding, one path (baseline)"),
-    "best-of-n": (best_of_n, "N independent samples, highest aggregated PRM score"),
+    "best-of-n": (best_of_n_best, "N independent samples, highest aggregated PRM score"),
     "majority": (majority_vote, "N independent samples, most frequent answer (self-consistency)"),
     "weighted-majority": (weighted_vote, "N independent samples, PRM-weighted majority vote"),
     "beam": (beam_search, "step-level beam search: top N/M by PRM, M expansions each (search-and-learn)"),
     "dvts": (dvts, "N/M independent greedy-by-PRM subtrees (diverse verifier tree search)"),
     "rebase": (rebase, "width split across candidates by softmax(score / T) (REBASE)"),
+    "ets": (ets, "REBASE with an integer program keeping few nodes and many meanings (ETS)"),
+    "particle-filter": (particle_filter, "N particles resampled by softmax(PRM / T) every step (Puri et al.)"),
+    "astar": (astar_decoding, "best-first on f = -sum log PRM, k samples per pop, first complete solution (A*-decoding)"),
+    "mcts": (mcts, "UCT over steps, PRM fast reward, max-rollouts, N iterations (MCTS)"),
+    "diverse-beam": (diverse_beam, "token-level beam search in G groups with a Hamming diversity penalty (no PRM)"),
 }
+
+def search_knobs(name:str) -> dict:
+    "The algorithm-specific keyword arguments of search `name` and their defaults."
+    skip = {"engine", "prm", "task", "problems", "cfg", "on_event"}
+    return {k: p.default for k, p in inspect.signature(SEARCHES[name][0]).parameters.items() if k not in skip}
 
 def run_search(name:str,          # A key of `SEARCHES`
                engine, prm, task, problems,
                cfg:SearchConfig,
-               expand:int=4,                 # M, for beam and dvts
-               softmax_temperature:float=0.2, # T, for rebase
-               on_event=None) -> SearchResult:
-    "Run the search called `name` with its algorithm-specific knobs."
+               on_event=None,
+               **knobs) -> SearchResult:
+    "Run the search called `name`; of `knobs` (expand, softmax_temperature, lambda_c, …) it takes those it has."
     check(name in SEARCHES, f"unknown search algorithm {name!r}: use one of {', '.join(SEARCHES)}")
-    fn = SEARCHES[name][0]
-    if name in ("beam", "dvts"): return fn(engine, prm, task, problems, cfg, expand=expand, on_event=on_event)
-    if name == "rebase": return fn(engine, prm, task, problems, cfg, temperature=softmax_temperature, on_event=on_event)
-    if name == "best-of-n": cfg = replace(cfg, answer="best")
-    return fn(engine, prm, task, problems, cfg, on_event=on_event)
+    own = search_knobs(name)
+    return SEARCHES[name][0](engine, prm, task, problems, cfg, on_event=on_event, **{k: v for k, v in knobs.items() if k in own})
 
 # %% ../../nbs/29_search_registry.ipynb #0ab7d3d2
 PEAKS = ("pool_peak_bytes", "naive_peak_bytes", "unique_token_limit_bytes", "kv_tokens_peak")
