@@ -13,7 +13,7 @@ from .core import WorkbenchError, check, data_dir
 # %% auto #0
 __all__ = ['app', 'train_app', 'bench_app', 'emit', 'load_command_modules', 'main', 'lab', 'train_policy_cmd', 'train_text_cmd',
            'train_prm_cmd', 'problems_for', 'eval_cmd', 'ppl_cmd', 'search_cmd', 'emit_bench', 'bench_search_cmd',
-           'bench_ets_cmd']
+           'bench_ets_cmd', 'bench_widgets_cmd']
 
 # %% ../nbs/90_cli.ipynb #061600dd
 app = typer.Typer(help="The search · prune · quantize workbench.", no_args_is_help=True,
@@ -215,14 +215,23 @@ def emit_bench(res:dict, as_json:bool):
 
 @bench_app.command("search")
 def bench_search_cmd(quick:bool=typer.Option(False, "--quick", help="Small settings (< 2 minutes on 2 CPU cores)"),
+                     n:Optional[int]=typer.Option(None, help="Hard problems (default 16 with --quick, else 100)"),
                      device:Optional[str]=None, seed:int=0, as_json:bool=typer.Option(False, "--json")):
     "Engine vs per-path generate, KV bytes vs limits, every search at budgets 4…64 (the scaling table), the claims."
     from workbench.benchmarks.search import bench_search
-    emit_bench(bench_search(quick=quick, device=device, seed=seed, quiet=False), as_json)
+    emit_bench(bench_search(quick=quick, device=device, seed=seed, quiet=False, n=n), as_json)
 
 @bench_app.command("ets")
 def bench_ets_cmd(quick:bool=typer.Option(False, "--quick", help="Small settings (< 2 minutes on 2 CPU cores)"),
+                  n:Optional[int]=typer.Option(None, help="Hard problems (default 16 with --quick, else 100)"),
                   device:Optional[str]=None, seed:int=0, as_json:bool=typer.Option(False, "--json")):
     "ETS vs REBASE at width 16 (learned and oracle PRM): KV reduction, accuracy drop, pool peaks, solver time, λ sweep."
     from workbench.benchmarks.ets import bench_ets
-    emit_bench(bench_ets(quick=quick, device=device, seed=seed, quiet=False), as_json)
+    emit_bench(bench_ets(quick=quick, device=device, seed=seed, quiet=False, n=n), as_json)
+
+@bench_app.command("widgets")
+def bench_widgets_cmd(quick:bool=typer.Option(False, "--quick", help="Shorter runs"),
+                      device:Optional[str]=None, as_json:bool=typer.Option(False, "--json")):
+    "Tree-explorer redraws per second with 2,000 nodes in Chromium, and the kernel overhead of live widget updates."
+    from workbench.benchmarks.widgets import bench_widgets
+    emit_bench(bench_widgets(quick=quick, device=device), as_json)

@@ -71,12 +71,16 @@ def cost_to_reach(rows:list[dict], target:float, cost:str="tokens_generated") ->
 def bench_search(quick:bool=False,     # Small settings: < 2 minutes on 2 CPU cores
                  device:str|None=None, # None = CUDA when present
                  policy:str|None=None, # Policy directory; default the shipped one
-                 seed:int=0, quiet:bool=True) -> dict:
+                 seed:int=0, quiet:bool=True,
+                 n:int|None=None,      # Hard problems; default 16 (quick) or 100
+                ) -> dict:
     "Engine vs per-path generate, KV bytes vs their limits, every algorithm at budgets 4…64, and the papers' claims."
     dev = pick_device(device)
     lm = load(policy or data_dir() / "models" / "countdown-policy", device=str(dev))
     task, prm = Countdown(), OraclePRM()
-    n, budgets, n_speed = (16, (4, 16), 3) if quick else (100, (4, 8, 16, 32, 64), 6)
+    n_default, budgets, n_speed = (16, (4, 16), 3) if quick else (100, (4, 8, 16, 32, 64), 6)
+    n = n or n_default
+    check(n >= n_speed, f"n must be ≥ {n_speed}, got {n}")
     problems = task.problems("hard", n, seed)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     engine = Engine(lm, capacity_tokens=1 << 19)

@@ -168,7 +168,8 @@ def step_search(engine:Engine, prm:PRM, task:Task, problems:list,
             counts = select(cands, remaining[i], depth, state[i]) if depth < cfg.max_depth else [0] * len(cands)
             check(len(counts) == len(cands) and sum(counts) <= max(cfg.width, len(cands)),
                   f"{name}: select returned {counts} for {len(cands)} candidates and width {cfg.width}")
-            rec.emit(t="select", problem=i, depth=depth, counts={c.id: k for c, k in zip(cands, counts)})
+            clusters = {c.id: c.meta["cluster"] for c in cands if c.meta.get("cluster") is not None}  # ETS colours them
+            rec.emit(t="select", problem=i, depth=depth, counts={c.id: k for c, k in zip(cands, counts)}, **({"clusters": clusters} if clusters else {}))
             for c, k in zip(cands, counts):
                 if k > 0: requests.append((c, k)); rec.emit(t="keep", node=c.id, children=k)
                 else: rec.emit(t="prune", node=c.id)
