@@ -170,6 +170,8 @@ def search_cmd(algo:Optional[str]=typer.Argument(None, help="Search algorithm (s
                answer:str=typer.Option("weighted", help="best, vote or weighted"),
                capacity_tokens:int=typer.Option(1 << 20, help="KV pool size in tokens"),
                block_size:int=typer.Option(1, help="KV pool block size in tokens"),
+               kv_bits:Optional[int]=typer.Option(None, help="KV cache storage: 8 or 4 bits (default: the model's dtype)"),
+               kv_key_axis:str=typer.Option("token", help="KV quantization of keys: per token, or channel-normalised"),
                chunk:int=typer.Option(25, help="Problems searched at once"),
                seed:int=0, device:Optional[str]=None, as_json:bool=typer.Option(False, "--json")):
     "Run a step-level search on a task split and print accuracy and the budget counters."
@@ -193,7 +195,7 @@ def search_cmd(algo:Optional[str]=typer.Argument(None, help="Search algorithm (s
     if hasattr(reward, "check_tokenizer"): reward.check_tokenizer(lm.tokenizer)
     longest = max(len(lm.tokenizer(t.prompt(p))["input_ids"]) for p in probs) + t.max_steps(probs[0]) * max_step_tokens
     check(capacity_tokens >= longest, f"capacity_tokens ({capacity_tokens}) is smaller than one full path (~{longest} tokens); raise it")
-    engine = Engine(lm, capacity_tokens=capacity_tokens, block_size=block_size)
+    engine = Engine(lm, capacity_tokens=capacity_tokens, block_size=block_size, kv_bits=kv_bits, kv_key_axis=kv_key_axis)
     res = search_many(algo, engine, reward, t, probs, cfg, chunk=chunk, quiet=as_json, expand=expand,
                       softmax_temperature=softmax_temperature, lambda_c=lambda_c, lambda_s=lambda_s,
                       particle_temperature=particle_temperature, w_exp=w_exp, groups=groups, penalty=penalty)

@@ -26,12 +26,23 @@ class KVPool:
                  block_size:int=1,            # Tokens per block; 1 = token-granular, like SGLang's radix cache
                  dtype:torch.dtype=torch.float32, # The model's dtype
                  device:str|torch.device|None=None, # None = CUDA when present
+                 kv_bits:int|None=None,       # None = store in `dtype`; 16 = fp16; 8 / 4 = integer codes with per-token scales
+                 key_axis:str="token",        # Quantized keys: "token", or "channel" (per-channel pre-scaling, see below)
                 ):
         check(capacity_tokens >= 1, f"capacity_tokens must be ≥ 1, got {capacity_tokens}")
         check(block_size >= 1, f"block_size must be ≥ 1, got {block_size}")
         self.block_size, self.n_blocks = block_size, math.ceil(capacity_tokens / block_size)
         shape = (layers, self.n_blocks, kv_heads, block_size, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=pick_device(device))
+        check(kv_bits in (None, 16, 8, 4), f"kv_bits must be None, 16, 8 or 4, got {kv_bits}")
+        check(key_axis in ("token", "channel"), f"key_axis must be 'token' or 'channel', got {key_axis!r}")
+        check(kv_bits != 4 or head_dim % 2 == 0, f"4-bit KV packs two values per byte: head_dim must be even, got {head_dim}")
+        self.dtype, self.kv_bits, self.key_axis = dtype, kv_bits, key_axis
+        if kv_bits in (8, 4):                      # codes (head_dim·bits/8 bytes) + fp16 scale and minimum per token and head
+            self.k = torch.zeros(shape[:-1] + (head_dim * kv_bits // 8,), dtype=torch.uint8, device=pick_device(device))
+            self.k_scale, self.k_min = (torch.zeros(shape[:-1], dtype=torch.float16, device=self.k.device) for _ in range(2))
+            self.v_scale, self.v_min = torch.zeros_like(self.k_scale), torch.zeros_like(self.k_scale)
+            self.k_channel = None                  # (layers, kv_heads, head_dim), set by the first write when key_axis="channel"
+        else: self.k = torch.zeros(shape, dtype=torch.float16 if kv_bits == 16 else dtype, device=pick_device(device))
         self.v = torch.zeros_like(self.k)
         self.refs = np.zeros(self.n_blocks, dtype=np.int64)
         self.free = list(range(self.n_blocks - 1, -1, -1))  # a stack: pop() hands out low block ids first
@@ -41,9 +52,9 @@ class KVPool:
     def capacity_tokens(self) -> int: return self.n_blocks * self.block_size
     @property
     def bytes_per_token(self) -> int:
-        "K and V bytes of one token: 2 × layers × kv_heads × head_dim × element size."
+        "K and V bytes of one token: 2 × layers × kv_heads × (head_dim × element size [+ 4 B of fp16 scale and minimum])."
         layers, _, heads, _, dim = self.k.shape
-        return 2 * layers * heads * dim * self.k.element_size()
+        return 2 * layers * heads * (dim * self.k.element_size() + (4 if self.kv_bits in (8, 4) else 0))
     @property
     def used_blocks(self) -> int: return self.n_blocks - len(self.free)
     @property
@@ -82,6 +93,39 @@ def decref(self:KVPool, blocks:list[int]) -> list[int]:
     self.free.extend(freed)
     return freed
 
+# %% ../nbs/20_engine.ipynb #e01532e9
+def _kv_quantize(x:torch.Tensor, bits:int # (..., head_dim) float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "Per-vector asymmetric codes (..., head_dim·bits/8) uint8, fp16 scale (...) and fp16 minimum (...)."
+    lo, hi = x.amin(-1).half(), x.amax(-1).half()
+    s = ((hi.float() - lo.float()) / (2 ** bits - 1)).half()
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    q = torch.round((x.float() - lo.float()[..., None]) / s.float()[..., None]).clamp(0, 2 ** bits - 1).to(torch.uint8)
+    if bits == 4: q = q[..., 0::2] | (q[..., 1::2] << 4)             # two codes per byte, even index in the low nibble
+    return q, s, lo
+
+def _kv_dequantize(q:torch.Tensor, s:torch.Tensor, lo:torch.Tensor, bits:int) -> torch.Tensor:
+    "Float32 values of `_kv_quantize` codes."
+    if bits == 4: q = torch.stack([q & 15, q >> 4], -1).flatten(-2)
+    return q.float() * s.float()[..., None] + lo.float()[..., None]
+
+def _write_quantized(pool:KVPool, b, o, k, v):
+    if pool.key_axis == "channel":
+        if pool.k_channel is None: pool.k_channel = k.float().abs().amax(0).clamp(min=1e-4)   # (layers, kv_heads, head_dim)
+        k = k.float() / pool.k_channel
+    for x, codes, scale, lo in ((k, pool.k, pool.k_scale, pool.k_min), (v, pool.v, pool.v_scale, pool.v_min)):
+        q, s, m = _kv_quantize(x, pool.kv_bits)                         # x (n, layers, kv_heads, head_dim)
+        codes[:, b, :, o, :], scale[:, b, :, o], lo[:, b, :, o] = q, s, m
+
+def _gather_quantized(pool:KVPool, b, o) -> tuple[torch.Tensor, torch.Tensor]:
+    out = []
+    for codes, scale, lo, chan in ((pool.k, pool.k_scale, pool.k_min, pool.k_channel), (pool.v, pool.v_scale, pool.v_min, None)):
+        x = _kv_dequantize(codes[:, b, :, o, :], scale[:, b, :, o], lo[:, b, :, o], pool.kv_bits)  # (rows, P, L, H, D)
+        if chan is not None: x = x * chan
+        out.append(x.permute(2, 0, 3, 1, 4).contiguous().to(pool.dtype))
+    return tuple(out)
+
+
 # %% ../nbs/20_engine.ipynb #a3281932
 @patch
 def slots(self:KVPool, table:list[int], # Block table of a path
@@ -97,6 +141,7 @@ def write(self:KVPool, b:torch.Tensor, o:torch.Tensor, # Slots, each (n,)
           ):
     "Store keys and values of `n` tokens at slots `(b, o)`."
     b, o = b.to(self.k.device), o.to(self.k.device)
+    if self.kv_bits in (8, 4): return _write_quantized(self, b, o, k, v)
     self.k[:, b, :, o, :], self.v[:, b, :, o, :] = k.to(self.k.dtype), v.to(self.v.dtype)
 
 @patch
@@ -108,7 +153,8 @@ def gather(self:KVPool, tables:list[list[int]], # One block table per row
     b = torch.zeros(len(tables), P, dtype=torch.long); o = torch.zeros_like(b)  # padding reads slot (0, 0), masked later
     for i, (t, n) in enumerate(zip(tables, lengths)): b[i, P - n:], o[i, P - n:] = self.slots(t, 0, n)
     b, o = b.to(self.k.device), o.to(self.k.device)
-    return tuple(x[:, b, :, o, :].permute(2, 0, 3, 1, 4).contiguous() for x in (self.k, self.v))  # (rows, P, L, H, D) -> (L, rows, H, P, D)
+    if self.kv_bits in (8, 4): return _gather_quantized(self, b, o)
+    return tuple(x[:, b, :, o, :].permute(2, 0, 3, 1, 4).contiguous().to(self.dtype) for x in (self.k, self.v))  # (rows, P, L, H, D) -> (L, rows, H, P, D)
 
 # %% ../nbs/20_engine.ipynb #3266c98e
 @dataclass(eq=False)
@@ -184,13 +230,16 @@ class Engine:
                  block_size:int=1,             # Tokens per pool block
                  device:str|torch.device|None=None, # None = the LM's device
                  on_event:Callable[[dict], None]|None=None, # Called with plain dict events (add, free)
+                 kv_bits:int|None=None,        # KV pool storage: None = the model's dtype, 16, 8 or 4 (see KVPool)
+                 kv_key_axis:str="token",      # Quantized keys: "token" or "channel"
                 ):
         self.lm, self.tok, self.on_event = lm, lm.tokenizer, on_event
         self.device = lm.device if device is None else pick_device(device)
         self.model = lm.model.to(self.device).eval()
         with torch.no_grad(): c = self.model(torch.zeros(1, 1, dtype=torch.long, device=self.device), use_cache=True).past_key_values
         k = c.layers[0].keys  # (1, kv_heads, 1, head_dim)
-        self.pool = KVPool(len(c.layers), k.shape[1], k.shape[3], capacity_tokens, block_size, k.dtype, self.device)
+        self.pool = KVPool(len(c.layers), k.shape[1], k.shape[3], capacity_tokens, block_size, k.dtype, self.device,
+                           kv_bits, kv_key_axis)
         nl = self.tok.encode("\n", add_special_tokens=False)
         self.stop_ids = {self.tok.eos_token_id} | (set(nl) if len(nl) == 1 else set())  # a step ends at "\n" or eos
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)

@@ -88,6 +88,13 @@ def load(path:str|Path,            # A local model directory (ours or any HF cau
          dtype:torch.dtype=torch.float32, # Weights' dtype
         ) -> LM:
     "Load a causal LM and its tokenizer from a local directory, in eval mode, on `device`."
+    if (Path(path) / "quant_config.json").is_file():      # packed weights written by `workbench quantize`
+        from workbench.quant.quantize import load_quantized
+        lm = load_quantized(path, device)
+        check(lm.tokenizer is not None, f"{path} has no tokenizer files")
+        if lm.tokenizer.pad_token is None: lm.tokenizer.pad_token = lm.tokenizer.eos_token
+        lm.tokenizer.padding_side = "left"
+        return lm
     path = check_model_dir(path)
     try:
         with quiet_transformers():
