@@ -51,7 +51,15 @@ def test_tour_runs_in_jupyterlab_with_live_widgets():
         assert int(kv.get_attribute("data-samples")) >= 2
         news = page.locator(".jp-Notification-Toast-Close, button:has-text('No')")  # the "Jupyter news?" toast
         if news.count(): news.first.click()
+        pareto = page.locator(".wb-pareto").first             # the sweep's trials and front, drawn by plotly
+        pareto.scroll_into_view_if_needed()
+        page.wait_for_function("() => document.querySelectorAll('.wb-pareto .scatterlayer .trace:nth-child(2) path.point').length > 0")
+        n_trials = page.locator(".wb-pareto .scatterlayer .trace").nth(0).locator("path.point").count()
+        n_front = page.locator(".wb-pareto .scatterlayer .trace").nth(1).locator("path.point").count()
+        assert 12 <= n_trials <= 24 and 1 <= n_front <= n_trials, (n_trials, n_front)   # 24 asked; repeats are cached
+        pareto.screenshot(path=str(ARTIFACTS / "pareto_explorer.png"))
+        tree.scroll_into_view_if_needed()
         tree.screenshot(path=str(ARTIFACTS / "tree_explorer.png"))
         kv.screenshot(path=str(ARTIFACTS / "kv_monitor.png"))
         page.screenshot(path=str(ARTIFACTS / "tour.png"))
-        (ARTIFACTS / "browser.json").write_text(json.dumps({"tree_nodes": n_nodes, "detail": detail.inner_text()[:500]}))
+        (ARTIFACTS / "browser.json").write_text(json.dumps({"tree_nodes": n_nodes, "pareto_trials": n_trials, "pareto_front": n_front, "detail": detail.inner_text()[:500]}))

@@ -208,7 +208,11 @@ def emit_bench(res:dict, as_json:bool):
     out = []
     for k, v in res.items():
         if k.endswith("rows") and v and "algorithm" in v[0]:
-            out += [f"{k}:", format_table(v)] + ([f"{k} (accuracy (tokens) by budget):", scaling_table(v)] if len({r["width"] for r in v}) > 1 else [])
+            extra = tuple(c for c in ("prm", "lambda_c", "lambda_s") if c in v[0])   # the columns that tell rows apart
+            out += [f"{k}:", format_table(v, cols=("algorithm",) + extra + ("width", "accuracy", "tokens_generated", "forward_passes",
+                    "prm_calls", "kv_tokens_ets_metric", "pool_peak_bytes", "naive_peak_bytes", "wall_s"))]
+            if len({r["width"] for r in v}) > 1 and len({r.get("prm") for r in v}) == 1:
+                out += [f"{k} (accuracy (tokens) by budget):", scaling_table(v)]
         elif k.endswith("rows"): out += [f"{k}:", format_table(v, cols=tuple(v[0]))] if v else []
         elif isinstance(v, dict): out += [f"{k}:"] + [f"  {a}: {b:.3f}" if isinstance(b, float) else f"  {a}: {b}" for a, b in v.items()]
         else: out.append(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}")
