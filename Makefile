@@ -6,7 +6,7 @@ BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT  ?= 8888
 
-.PHONY: setup lab test test-quick export clean-nbs
+.PHONY: setup lab test test-bench test-quick export clean-nbs
 
 $(STAMP): settings.ini setup.py pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,10 +20,15 @@ setup: $(STAMP)
 lab: setup
 	$(BIN)/workbench lab --port $(PORT)
 
-# Everything: notebooks (their cells are tests) and tests/ (CLI, export, shipped models, properties).
+# Notebooks (their cells are tests) and tests/ (CLI, export, shipped models, properties, resume after SIGKILL,
+# local vs Ray, the tour in JupyterLab + Chromium). The quick benchmarks run end to end in `make test-bench`.
 test: setup
 	$(BIN)/nbdev-test --n-workers 2
-	$(BIN)/pytest -q -n 2 tests
+	$(BIN)/pytest -q -n 2 -m "not bench" --durations=15 tests
+
+# Every `workbench bench … --quick` end to end (their figures are reported, never asserted as timings).
+test-bench: setup
+	$(BIN)/pytest -q -n 2 -m bench --durations=0 tests
 
 # Only the fast pytest tests (no notebook run, no slow marks).
 test-quick: setup

@@ -18,6 +18,7 @@ def run_cli(*args, cwd=None, timeout=600):
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds (deselect with -m 'not slow')")
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
+    config.addinivalue_line("markers", "bench: runs a whole `workbench bench … --quick` end to end (make test-bench)")
 
 
 def pytest_collection_modifyitems(config, items):

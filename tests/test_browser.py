@@ -49,8 +49,6 @@ def test_tour_runs_in_jupyterlab_with_live_widgets():
         assert f"node {xy['id']}" in detail.inner_text()
         kv = page.locator(".wb-kv").first
         assert int(kv.get_attribute("data-samples")) >= 2
-        news = page.locator(".jp-Notification-Toast-Close, button:has-text('No')")  # the "Jupyter news?" toast
-        if news.count(): news.first.click()
         pareto = page.locator(".wb-pareto").first             # the sweep's trials and front, drawn by plotly
         pareto.scroll_into_view_if_needed()
         page.wait_for_function("() => document.querySelectorAll('.wb-pareto .scatterlayer .trace:nth-child(2) path.point').length > 0")

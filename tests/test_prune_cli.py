@@ -49,6 +49,7 @@ def test_bad_input_one_line_exit_2(tmp_path, args, msg):
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_bench_prune_quick_json():
     rc, so, se = run_cli("bench", "prune", "--quick", "--json", timeout=1200)
     assert rc == 0, se[-2000:]

@@ -51,6 +51,7 @@ def test_out_must_be_new(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_bench_quant_quick_json():
     t = time.time()
     rc, so, se = run_cli("bench", "quant", "--quick", "--json")
@@ -61,4 +62,4 @@ def test_bench_quant_quick_json():
               "fp4 e2m1 g32", "quanto int4 g128", "hqq W4 g128"):
         assert m in names
     assert res["targets"]["packed_int4_g128_le_0.54_bytes"]["met"] and res["targets"]["int8_gap_about_0"]["met"]
-    assert time.time() - t < 240    # < 2 min on an idle 2-core machine; slack for a shared one
+    # the wall time is reported by the benchmark, not asserted: timings under a loaded test run mean little

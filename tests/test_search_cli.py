@@ -51,6 +51,7 @@ def test_search_reports_the_counters(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_bench_search_quick_runs_and_kv_ratios_hold():
     # Speed ratios are reported by the benchmark, not asserted here (timings under a loaded test run mean little);
     # the byte ratios are deterministic.
@@ -72,6 +73,7 @@ def test_new_searches_share_the_counters(algo):
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_bench_ets_quick():
     rc, out, err = run_cli("bench", "ets", "--quick", "--json", timeout=900)
     assert rc == 0, err
