@@ -53,7 +53,6 @@ def test_out_must_be_new(tmp_path):
 @pytest.mark.slow
 @pytest.mark.bench
 def test_bench_quant_quick_json():
-    t = time.time()
     rc, so, se = run_cli("bench", "quant", "--quick", "--json")
     assert rc == 0, se
     res = json.loads(so)
