@@ -1,5 +1,5 @@
 "The tour notebook run in a real JupyterLab, in Debian's Chromium: the live widgets render, grow and answer clicks."
-import json, os, time
+import json, os, shutil, time
 from pathlib import Path
 import pytest
 from conftest import ROOT
@@ -18,9 +18,11 @@ ERRORS = """() => window.jupyterapp.shell.currentWidget.content.widgets.flatMap(
   ? c.model.outputs.toJSON().filter(o => o.output_type === 'error').map(o => o.ename + ': ' + o.evalue) : [])"""
 
 
-def test_tour_runs_in_jupyterlab_with_live_widgets():
+def test_tour_runs_in_jupyterlab_with_live_widgets(tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with jupyter_lab(ROOT) as (base, token), chromium() as ctx:
+    (tmp_path / "nbs").mkdir()                    # a copy: JupyterLab autosaves outputs into what it serves
+    shutil.copy(ROOT / NOTEBOOK, tmp_path / NOTEBOOK)
+    with jupyter_lab(tmp_path) as (base, token), chromium() as ctx:
         page = ctx.new_page()
         page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}")
         select = page.locator(".jp-Dialog .jp-mod-accept")        # "Select Kernel" (cleaned notebooks name none)
