@@ -19,7 +19,7 @@ from .particle import particle_filter
 from .diverse_beam import diverse_beam
 
 # %% auto #0
-__all__ = ['SEARCHES', 'PEAKS', 'greedy', 'best_of_n_best', 'search_knobs', 'run_search', 'search_many']
+__all__ = ['SEARCHES', 'PEAKS', 'MEANS', 'greedy', 'best_of_n_best', 'search_knobs', 'run_search', 'search_many']
 
 # %% ../../nbs/29_search_registry.ipynb #5c2ea86d
 def greedy(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), on_event=None) -> SearchResult:
@@ -63,6 +63,7 @@ def run_search(name:str,          # A key of `SEARCHES`
 
 # %% ../../nbs/29_search_registry.ipynb #0ab7d3d2
 PEAKS = ("pool_peak_bytes", "naive_peak_bytes", "unique_token_limit_bytes", "kv_tokens_peak")
+MEANS = ("oracle_accuracy", "distinct_2")   # per-problem averages: weighted by chunk size, not summed
 
 def search_many(name:str, engine, prm, task, problems:list, cfg:SearchConfig,
                 chunk:int=25,   # Problems searched at once
@@ -74,5 +75,7 @@ def search_many(name:str, engine, prm, task, problems:list, cfg:SearchConfig,
     for i in tqdm(range(0, len(problems), chunk), desc=name, disable=quiet):
         r = run_search(name, engine, prm, task, problems[i:i + chunk], cfg, **kw)
         correct += r.correct
-        for k, v in r.counters.items(): total[k] = max(total.get(k, 0), v) if k in PEAKS else total.get(k, 0) + v
+        for k, v in r.counters.items():
+            if k in MEANS: v *= len(r.correct) / len(problems)
+            total[k] = max(total.get(k, 0), v) if k in PEAKS else total.get(k, 0) + v
     return {"algorithm": name, "n": len(problems), "width": cfg.width, "accuracy": sum(correct) / len(problems), **total}
