@@ -264,13 +264,23 @@ def _add(self:Engine, parent:Node|None, tokens:list[int], blocks:list[int], logi
     return node
 
 @patch
+def live_leaves(self:Engine) -> list[Node]:
+    "Live nodes with no live child: the ends of the paths a per-path cache would hold."
+    return [n for n in self.live.values() if n.refs == (0 if n.released else 1)]
+
+@patch
+def kv_bytes(self:Engine) -> dict:
+    "KV bytes now: the pool in use, per-path caches of the live leaves, and the unique-token limit."
+    bpt = self.pool.bytes_per_token
+    return {"pool": self.pool.used_bytes, "naive": sum(n.n_path for n in self.live_leaves()) * bpt,
+            "unique": sum(len(n.tokens) for n in self.live.values()) * bpt}
+
+@patch
 def _update_peaks(self:Engine):
-    s, bpt = self.stats, self.pool.bytes_per_token
-    unique = sum(len(n.tokens) for n in self.live.values())
-    naive = sum(n.n_path for n in self.live.values() if n.refs == (0 if n.released else 1))  # leaves: no live child
-    s.pool_peak_bytes = max(s.pool_peak_bytes, self.pool.used_bytes)
-    s.unique_token_peak_bytes = max(s.unique_token_peak_bytes, unique * bpt)
-    s.naive_peak_bytes = max(s.naive_peak_bytes, naive * bpt)
+    s, now = self.stats, self.kv_bytes()
+    s.pool_peak_bytes = max(s.pool_peak_bytes, now["pool"])
+    s.unique_token_peak_bytes = max(s.unique_token_peak_bytes, now["unique"])
+    s.naive_peak_bytes = max(s.naive_peak_bytes, now["naive"])
 
 # %% ../nbs/20_engine.ipynb #29084f62
 @patch

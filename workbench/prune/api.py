@@ -14,6 +14,7 @@ from .core import (PruneConfig, PruneReport, STRUCTURED, global_masks, layer_rep
                                   prunable_linears)
 from .scores import InputStats, dsnot, lamp_scores, magnitude_scores, random_scores, wanda_scores
 from .sparsegpt import sparsegpt
+from ..quant.calib import as_batches, calib_from_text
 from .structured import prune_structured
 
 # %% auto #0
@@ -23,24 +24,13 @@ __all__ = ['calib_windows', 'block_inputs', 'prune']
 def calib_windows(tokenizer, text:str, # Calibration text (the train split; never the perplexity split)
                   n:int=64, seq_len:int=256, seed:int=0) -> torch.Tensor:
     "`n` non-overlapping windows (n, seq_len) of token ids at seeded random places in `text`."
-    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
-    starts = torch.arange(0, len(ids) - seq_len + 1, seq_len)
-    check(n >= 1 and len(starts) >= n, f"calibration text has {len(starts)} windows of {seq_len} tokens; {n} asked for")
-    pick = starts[torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed))[:n]].sort().values
-    return torch.stack([ids[s:s + seq_len] for s in pick.tolist()])
+    return torch.stack(calib_from_text(tokenizer, text, n, seq_len, seed))
 
 def _batches(calib, tokenizer, batch_size:int=8) -> list[torch.Tensor]:
     "Calibration data (2-D ids, or a list of strings / 1-D ids) as (B, L) batches of equal length."
     if isinstance(calib, torch.Tensor) and calib.dim() == 2: return list(calib.long().split(batch_size))
-    check(isinstance(calib, (list, tuple)) and len(calib) > 0, "calibration data is empty: pass token windows or strings")
-    seqs = []
-    for c in calib:
-        if isinstance(c, str):
-            check(tokenizer is not None, "calibration strings need a tokenizer")
-            c = tokenizer(c, add_special_tokens=False)["input_ids"]
-        seqs.append(torch.as_tensor(c, dtype=torch.long).flatten())
     out, cur = [], []
-    for s in (s for s in seqs if len(s)):
+    for s in as_batches(calib, tokenizer):         # consecutive samples of one length share a batch
         if cur and (len(cur) == batch_size or len(cur[0]) != len(s)): out.append(torch.stack(cur)); cur = []
         cur.append(s)
     return out + ([torch.stack(cur)] if cur else [])
