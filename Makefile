@@ -6,7 +6,7 @@ BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT  ?= 8888
 
-.PHONY: setup lab test test-bench test-quick export clean-nbs
+.PHONY: setup lab test test-bench test-quick report docs export clean-nbs
 
 $(STAMP): settings.ini setup.py pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,17 @@ test-bench: setup
 # Only the fast pytest tests (no notebook run, no slow marks).
 test-quick: setup
 	$(BIN)/pytest -q -m "not slow" tests
+
+# Render a report (default: the search-scaling figure, quick settings) into reports/out/: the executed notebook, an
+# offline HTML page and every figure as PNG and SVG. `make report REPORT=quant_bits REPORT_ARGS="-p bits 3,4"`.
+REPORT      ?= search_scaling
+REPORT_ARGS ?= --quick
+report: setup
+	$(BIN)/workbench report $(REPORT) $(REPORT_ARGS) --out reports/out
+
+# API docs as static, offline HTML in _docs/ (nbdev's processors + nbconvert; quarto cannot be installed offline).
+docs: setup
+	$(BIN)/workbench docs --out _docs
 
 # Regenerate workbench/ from nbs/ and strip notebook noise; run before every commit.
 export: setup

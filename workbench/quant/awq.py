@@ -45,7 +45,7 @@ def awq_clip(W:torch.Tensor, X:torch.Tensor, cfg:QuantConfig, # W (rows, d_in) a
     Xg = group_view(X[:: max(1, len(X) // n_tokens)].float(), cfg.group_size)  # (T, ng, g)
     ref = torch.einsum("rng,tng->rnt", Wg, Xg)
     amax = Wg.abs().amax(-1, keepdim=True)
-    best_err, best = torch.full(Wg.shape[:2], float("inf")), amax.clone()
+    best_err, best = torch.full(Wg.shape[:2], float("inf"), device=Wg.device), amax.clone()
     for k in range(int(max_shrink * n_grid)):
         mx = amax * (1 - k / n_grid)
         Wc = Wg.clamp(-mx, mx)

@@ -31,21 +31,21 @@ def gptq(W:torch.Tensor, # (rows, cols) weight
     ng = cols // g
     dead = torch.diag(H) == 0
     H[dead, dead] = 1; W[:, dead] = 0
-    scale, zero = torch.ones(rows, ng), (None if quant_params(W[:1, :1], cfg)[1] is None else torch.zeros(rows, ng))
+    scale, zero = torch.ones(rows, ng, device=W.device), (None if quant_params(W[:1, :1], cfg)[1] is None else torch.zeros(rows, ng, device=W.device))
     static = cfg.act_order or cfg.group_size is None      # group parameters fixed from the original weights
     if static:
         s, z = quant_params(group_view(W, g), cfg); scale[:] = s
         if zero is not None: zero[:] = z
     perm = torch.argsort(torch.diag(H), descending=True) if cfg.act_order else torch.arange(cols)
     W, H = W[:, perm], H[perm][:, perm]
-    H += cfg.damp * torch.mean(torch.diag(H)) * torch.eye(cols)
+    H += cfg.damp * torch.mean(torch.diag(H)) * torch.eye(cols, device=W.device)
     try: U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     except torch.linalg.LinAlgError:
         raise WorkbenchError(f"GPTQ: the damped Hessian is not positive definite (damp={cfg.damp}); raise damp") from None
-    codes = torch.zeros(rows, cols, dtype=torch.long)
+    codes = torch.zeros(rows, cols, dtype=torch.long, device=W.device)
     for i1 in range(0, cols, cfg.block_size):
         i2 = min(i1 + cfg.block_size, cols)
-        W1, E1, U1 = W[:, i1:i2].clone(), torch.zeros(rows, i2 - i1), U[i1:i2, i1:i2]
+        W1, E1, U1 = W[:, i1:i2].clone(), torch.zeros(rows, i2 - i1, device=W.device), U[i1:i2, i1:i2]
         for i in range(i2 - i1):
             c = int(perm[i1 + i]); gi = c // g
             if not static and c % g == 0:                   # entering a group: its scale from the updated weights
