@@ -93,10 +93,12 @@ class RayBackend:
         except ImportError: raise WorkbenchError("--backend ray needs the ray package: pip install ray") from None
         self.ray, self.started = ray, not ray.is_initialized()
         if self.started:
-            import os
-            os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")   # a loaded 2-core machine starts the raylet slowly
             kw = dict(address=address) if address else dict(num_cpus=max(workers, 1), include_dashboard=False)
-            ray.init(log_to_driver=False, configure_logging=False, **kw)
+            for attempt in range(3):   # ray gives its raylet a fixed 30 s to register, which a loaded 2-core machine can miss
+                try: ray.init(log_to_driver=False, configure_logging=False, **kw); break
+                except Exception as e:
+                    if "timed out during startup" not in str(e) or attempt == 2: raise
+                    ray.shutdown()
         @ray.remote(num_cpus=1)
         class _Eval:
             def __init__(self, space, eval_kw):
