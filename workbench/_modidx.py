@@ -653,6 +653,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'workbench.report.figures_dir': ('report.html#figures_dir', 'workbench/report.py'),
                                   'workbench.report.find_report': ('report.html#find_report', 'workbench/report.py'),
                                   'workbench.report.list_reports': ('report.html#list_reports', 'workbench/report.py'),
+                                  'workbench.report.offline_exporter': ('report.html#offline_exporter', 'workbench/report.py'),
                                   'workbench.report.offline_html': ('report.html#offline_html', 'workbench/report.py'),
                                   'workbench.report.remote_resources': ('report.html#remote_resources', 'workbench/report.py'),
                                   'workbench.report.render_report': ('report.html#render_report', 'workbench/report.py'),

@@ -143,12 +143,7 @@ def _prepare(nb,              # A processed notebook
     return nb
 
 # %% ../nbs/71_docs.ipynb #a8356ea3
-_TEMPLATE = """{%- extends 'index.html.j2' -%}
-{% block html_head_js %}{% endblock html_head_js %}
-{% block jupyter_widgets %}{% endblock jupyter_widgets %}
-{% block html_head_js_mathjax %}{% endblock html_head_js_mathjax %}
-{% block html_head_js_mermaidjs %}{% endblock html_head_js_mermaidjs %}
-{% block extra_css %}<style type="text/css">{{ resources.docs.css }}</style>{% endblock extra_css %}
+_TEMPLATE = """{% block extra_css %}<style type="text/css">{{ resources.docs.css }}</style>{% endblock extra_css %}
 {%- block body_header -%}
 <body class="jp-Notebook" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">
 <nav class="docs-sidebar">{{ resources.docs.nav }}</nav>
@@ -199,11 +194,9 @@ def _finish(page:str) -> str:
 
 # %% ../nbs/71_docs.ipynb #a7da6f58
 def _exporter():
-    "nbconvert's HTML exporter with `_TEMPLATE`: no input prompts, images embedded."
-    from jinja2 import DictLoader
-    from nbconvert import HTMLExporter
-    return HTMLExporter(template_name="lab", template_file="docs.html.j2", extra_loaders=[DictLoader({"docs.html.j2": _TEMPLATE})],
-                        embed_images=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    "The reports' offline exporter (no CDN scripts, images embedded) with `_TEMPLATE` and no prompts."
+    from workbench.report import offline_exporter
+    return offline_exporter(_TEMPLATE, exclude_input_prompt=True, exclude_output_prompt=True)
 
 def _render(exporter, nb, nbs:Path, title:str, nav:str, pager:str) -> str:
     "One page of HTML (relative images resolve against `nbs`)."

@@ -12,8 +12,8 @@ from .core import WorkbenchError, check
 
 # %% auto #0
 __all__ = ['reports_dir', 'list_reports', 'find_report', 'Param', 'report_params', 'coerce_param', 'check_params', 'figures_dir',
-           'save_figure', 'table', 'report_header', 'remote_resources', 'offline_html', 'ReportFailed', 'render_report',
-           'describe_report']
+           'save_figure', 'table', 'report_header', 'offline_exporter', 'remote_resources', 'offline_html',
+           'ReportFailed', 'render_report', 'describe_report']
 
 # %% ../nbs/70_report.ipynb #8a1e8dc7
 def reports_dir() -> Path:
@@ -149,12 +149,22 @@ class report_header:
         return f"<div class='wb-settings'><b>{html.escape(self.title)}: settings</b><table>{rows}</table></div>"
 
 # %% ../nbs/70_report.ipynb #70ade653
-_OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+_NO_CDN = """{%- extends 'index.html.j2' -%}
 {%- block html_head_js -%}{%- endblock html_head_js -%}
 {% block jupyter_widgets %}{% endblock jupyter_widgets %}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
-{% block extra_css %}<style>
+"""
+
+def offline_exporter(blocks:str="", # More jinja blocks over nbconvert's `lab` template (CSS, header, footer)
+                     **kw):          # Further `HTMLExporter` options
+    "nbconvert's HTML exporter on the `lab` template without its CDN scripts (require.js, widgets, MathJax, mermaid); images embedded."
+    import jinja2
+    from nbconvert import HTMLExporter
+    return HTMLExporter(template_name="lab", template_file="wb_offline.html.j2", embed_images=True,
+                        extra_loaders=[jinja2.DictLoader({"wb_offline.html.j2": _NO_CDN + blocks})], **kw)
+
+_TABLE_CSS = """{% block extra_css %}<style>
 .wb-table, .wb-settings table { border-collapse: collapse; font-size: 12px; margin: 4px 0; }
 .wb-table th, .wb-table td, .wb-settings th, .wb-settings td { padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: right; }
 </style>{% endblock extra_css %}
@@ -169,11 +179,7 @@ def remote_resources(page:str) -> list[str]:
 def offline_html(nb_path:str|Path, # An executed notebook
                  html_path:str|Path|None=None) -> Path:
     "A self-contained HTML page of a notebook: images embedded, no script, style or font from the network."
-    import jinja2
-    from nbconvert import HTMLExporter
-    exporter = HTMLExporter(template_name="lab", template_file="wb_offline.html.j2", embed_images=True,
-                            extra_loaders=[jinja2.DictLoader({"wb_offline.html.j2": _OFFLINE_TEMPLATE})])
-    page, _ = exporter.from_notebook_node(nbformat.read(str(nb_path), as_version=4))
+    page, _ = offline_exporter(_TABLE_CSS).from_notebook_node(nbformat.read(str(nb_path), as_version=4))
     left = remote_resources(page)
     check(not left, f"{nb_path}: the HTML would load {left[:3]} from the network; reports must work offline "
                     "(plotly: show static matplotlib figures or plotly figures with include_plotlyjs=True)")
