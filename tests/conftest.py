@@ -1,4 +1,4 @@
-import os, shutil, subprocess, sys
+import os, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -13,6 +13,15 @@ def run_cli(*args, cwd=None, timeout=600):
     "Run the `workbench` CLI; return (returncode, stdout, stderr)."
     p = subprocess.run([WORKBENCH, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout)
     return p.returncode, p.stdout, p.stderr
+
+
+def need_chromium():
+    "Skip a browser test without Debian's Chromium, or fail when the run must be complete (`make test` sets WORKBENCH_REQUIRE_BROWSER=1)."
+    from workbench.browser import CHROMIUM
+    if Path(CHROMIUM).exists(): return
+    msg = f"needs Debian's Chromium at {CHROMIUM}: apt-get install chromium chromium-driver (make test installs it)"
+    if os.environ.get("WORKBENCH_REQUIRE_BROWSER") == "1": pytest.fail(msg)
+    pytest.skip(msg)
 
 
 def pytest_configure(config):

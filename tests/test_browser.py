@@ -1,12 +1,9 @@
 "The tour notebook run in a real JupyterLab, in Debian's Chromium: the live widgets render, grow and answer clicks."
-import json, os, shutil, time
-from pathlib import Path
-import pytest
-from conftest import ROOT
-from workbench.browser import CHROMIUM, chromium, jupyter_lab
+import json, shutil
+from conftest import ROOT, need_chromium
+from workbench.browser import chromium, jupyter_lab
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"needs Debian chromium at {CHROMIUM} (apt-get install chromium)")
 
 NOTEBOOK = "nbs/00_tour.ipynb"
 KERNEL_IDLE = """() => { const w = window.jupyterapp?.shell?.currentWidget;
@@ -19,6 +16,7 @@ ERRORS = """() => window.jupyterapp.shell.currentWidget.content.widgets.flatMap(
 
 
 def test_tour_runs_in_jupyterlab_with_live_widgets(tmp_path):
+    need_chromium()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (tmp_path / "nbs").mkdir()                    # a copy: JupyterLab autosaves outputs into what it serves
     shutil.copy(ROOT / NOTEBOOK, tmp_path / NOTEBOOK)

@@ -1,9 +1,9 @@
 "Every report renders with --quick; its HTML looks right in Chromium with the network cut off; bad input is refused early."
-import json, shutil
+import json
 from pathlib import Path
 import nbformat, pytest
-from conftest import ROOT, run_cli
-from workbench.browser import CHROMIUM, chromium
+from conftest import need_chromium, run_cli
+from workbench.browser import chromium
 from workbench.report import list_reports, remote_resources, render_report, report_params
 
 REPORTS = ["search_scaling", "ets_tradeoff", "quant_bits", "prune_sparsity", "hawq_sensitivity", "compression_pareto",
@@ -26,7 +26,7 @@ def toy_report(path: Path) -> Path:
 
 def check_offline_in_chromium(html: Path, min_images: int = 1):
     "Open the page with every non-file request aborted: nothing is asked of the network, every figure decodes."
-    if not Path(CHROMIUM).exists(): pytest.skip(f"needs Debian chromium at {CHROMIUM}")
+    need_chromium()
     remote = []
     with chromium() as ctx:
         def route(r):

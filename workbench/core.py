@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['WorkbenchError', 'check', 'pick_device', 'data_dir', 'derive_seed', 'seed_everything']
+__all__ = ['WorkbenchError', 'check', 'pick_device', 'data_dir', 'model_dir', 'derive_seed', 'seed_everything']
 
 # %% ../nbs/01_core.ipynb #09e2ff98
 class WorkbenchError(ValueError):
@@ -37,6 +37,17 @@ def data_dir() -> Path:
     "The directory of shipped tasks, text and checkpoints."
     pkg = Path(importlib.util.find_spec("workbench").origin).resolve().parent  # works in notebooks too (no __file__)
     return Path(os.environ.get("WORKBENCH_DATA") or pkg.parent / "data")
+
+# %% ../nbs/01_core.ipynb #38cf9c4b
+def model_dir(model:str|Path # A model directory, or the name of a shipped model under data/models
+             ) -> Path:
+    "The directory of `model`: the path itself if it is a directory, else the shipped model of that name."
+    p = Path(model)
+    if p.is_dir(): return p
+    shipped = data_dir() / "models" / str(model)
+    check(shipped.is_dir() or len(p.parts) > 1, f"unknown model {str(model)!r}: give a model directory or one of "
+          f"{', '.join(sorted(d.name for d in (data_dir() / 'models').iterdir() if d.is_dir()))}")
+    return shipped if shipped.is_dir() else p
 
 # %% ../nbs/01_core.ipynb #610bb36e
 def derive_seed(*parts) -> int:

@@ -6,10 +6,10 @@
 from __future__ import annotations
 import ast, hashlib, sysconfig
 from pathlib import Path
-from .core import check
+from .core import check, data_dir
 
 # %% auto #0
-__all__ = ['module_docstrings', 'build_docstring_corpus', 'read_text_split']
+__all__ = ['DOCSTRINGS', 'module_docstrings', 'build_docstring_corpus', 'corpus_dir', 'read_text_split']
 
 # %% ../nbs/14_corpus.ipynb #e674ba21
 def module_docstrings(source:str # Python source code
@@ -41,10 +41,18 @@ def build_docstring_corpus(out_dir:str|Path,     # Where train.txt and heldout.t
     for k, docs in parts.items(): (out / f"{k}.txt").write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     return {k: sum(len(d) for d in v) for k, v in parts.items()}
 
-def read_text_split(data_dir:str|Path, # Directory with train.txt and heldout.txt
+DOCSTRINGS = "python-docstrings"   # the shipped corpus: data/text/python-docstrings/{train,heldout}.txt
+
+def corpus_dir(name:str=DOCSTRINGS # A corpus under data/text
+              ) -> Path:
+    "The directory of a shipped text corpus (the one place that knows where corpora live)."
+    return data_dir() / "text" / name
+
+def read_text_split(data_dir:str|Path|None=None, # Directory with train.txt and heldout.txt; None = the shipped docstrings
                     split:str="heldout") -> str:
     "The text of one split of a corpus directory."
     check(split in ("train", "heldout"), f"unknown text split {split!r}: use train or heldout")
-    f = Path(data_dir) / f"{split}.txt"
+    f = Path(data_dir if data_dir is not None else corpus_dir()) / f"{split}.txt"
     check(f.is_file(), f"text split {str(f)!r} does not exist")
     return f.read_text(encoding="utf-8")
+
