@@ -134,7 +134,7 @@ class LearnedPRM(PRM):
             probs = torch.sigmoid(self.model(input_ids=ids, attention_mask=mask).logits[..., 0].float()).cpu()  # (B, T)
             self.tokens += sum(map(len, rows))
             for j, r in enumerate(rows):
-                (p, steps), pos = items[b + j], step_positions(r, self.newline, task.prompt(items[b + j][0]).count("\n"))
+                (_, steps), pos = items[b + j], step_positions(r, self.newline, task.prompt(items[b + j][0]).count("\n"))
                 check(len(pos) == len(steps), f"found {len(pos)} step ends for {len(steps)} steps: a step contains a newline?")
                 out.append(probs[j, pos].tolist())
         return out

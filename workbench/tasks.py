@@ -5,7 +5,7 @@
 # %% ../nbs/10_tasks.ipynb #a59d43b3
 from __future__ import annotations
 import hashlib, json, random, re
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from .core import WorkbenchError, check, derive_seed

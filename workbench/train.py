@@ -5,14 +5,14 @@
 # %% ../nbs/13_train.ipynb #023ca0a4
 from __future__ import annotations
 import json, math, os, random, shutil, sys, time
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from .core import WorkbenchError, check, derive_seed, pick_device
+from .core import check, derive_seed, pick_device
 from .tasks import Task, bucket_of, SPLIT_BUCKETS
 
 # %% auto #0
@@ -153,7 +153,7 @@ def train_policy(out_dir:str|Path,             # Where the model directory is wr
 
 # %% ../nbs/13_train.ipynb #b4f958f3
 def train_text(out_dir:str|Path,                                  # Where the model directory is written
-               corpus_dir:str|Path="data/text/python-docstrings", # Directory with train.txt (see `corpus`)
+               corpus_dir:str|Path|None=None,   # Directory with train.txt; None = the shipped docstrings (`corpus`)
                vocab_size:int=2048, context:int=256,
                steps:int=1200, batch_size:int=16, lr:float=2e-3,
                hidden:int=128, layers:int=4, heads:int=4, intermediate:int=384,
