@@ -4,12 +4,13 @@
 
 # %% ../nbs/01_core.ipynb #dfc07a7c
 from __future__ import annotations
-import hashlib, importlib.util, os, random
+import contextlib, hashlib, importlib.util, os, random, reprlib, shutil, tempfile
 from pathlib import Path
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['WorkbenchError', 'check', 'pick_device', 'data_dir', 'model_dir', 'derive_seed', 'seed_everything']
+__all__ = ['WorkbenchError', 'check', 'brief', 'read_text', 'check_positions', 'check_writable', 'atomic_dir', 'pick_device',
+           'data_dir', 'model_dir', 'derive_seed', 'seed_everything']
 
 # %% ../nbs/01_core.ipynb #09e2ff98
 class WorkbenchError(ValueError):
@@ -21,6 +22,64 @@ def check(cond:bool, # Condition that must hold
          ):
     "Raise `WorkbenchError(msg)` unless `cond`."
     if not cond: raise WorkbenchError(msg)
+
+# %% ../nbs/01_core.ipynb #949865a1
+def brief(value, # Anything a user gave us
+          limit:int=80) -> str:
+    "A repr short enough for a one-line error message (a 10,000-number list is not echoed whole)."
+    r = reprlib.Repr(); r.maxlist = r.maxtuple = r.maxdict = r.maxset = 8; r.maxstring = r.maxother = limit
+    return r.repr(value)
+
+# %% ../nbs/01_core.ipynb #e94ce38a
+def read_text(path:str|Path, # A text file the user named
+              what:str="file",  # What it is, for the message ("task file", "text split", …)
+             ) -> str:
+    "The UTF-8 text of `path`; a missing file, a directory or bytes that are not UTF-8 are one clear error."
+    path = Path(path)
+    check(not path.is_dir(), f"{what} {str(path)!r} is a directory: give the path of a file")
+    check(path.is_file(), f"{what} {str(path)!r} does not exist")
+    try: return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise WorkbenchError(f"{what} {str(path)!r} is not UTF-8 text (byte {e.start} is 0x{e.object[e.start]:02x}): save it as UTF-8") from None
+
+# %% ../nbs/01_core.ipynb #7e40991d
+def check_positions(model,   # A transformers model (its config's max_position_embeddings, if any, is the limit)
+                    n:int,   # Tokens one sequence would hold
+                    what:str="a sequence", # What is that long, for the message
+                    fix:str="use shorter inputs"): # What the user can do about it
+    "Refuse a sequence longer than the model's positions: past them a model computes silently wrong results."
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    check(limit is None or n <= limit, f"{what} of {n} tokens is longer than the model's {limit} positions; {fix}")
+
+# %% ../nbs/01_core.ipynb #17661cbb
+def check_writable(path:str|Path,              # A folder to be created or written
+                   what:str="output directory", # What it is, for the message
+                  ) -> Path:
+    "Refuse, before any work, a folder that cannot be created: a file in the way, or an ancestor we cannot write."
+    p = Path(path).absolute()
+    check(not p.exists() or p.is_dir(), f"{what} {str(path)!r} is a file, not a folder")
+    q = p
+    while not q.exists(): q = q.parent
+    check(q.is_dir(), f"{what} {str(path)!r} cannot be created: {q} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=q): pass
+    except OSError as e:
+        raise WorkbenchError(f"{what} {str(path)!r} cannot be written ({q}: {e.strerror}); choose another place") from None
+    return Path(path)
+
+@contextlib.contextmanager
+def atomic_dir(target:str|Path,              # The folder to create (absent or empty)
+               what:str="output directory"):
+    "Yield a temporary sibling of `target` to fill; it becomes `target` only if the block succeeds."
+    target = check_writable(target, what)
+    check(not target.exists() or not any(target.iterdir()), f"{what} {str(target)!r} exists and is not empty; choose a new one")
+    target.absolute().parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.absolute().parent))
+    try:
+        yield tmp
+        if target.exists(): target.rmdir()   # an empty folder the user made beforehand
+        os.replace(tmp, target)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/01_core.ipynb #3b850a69
 def pick_device(device:str|torch.device|None=None, # "cpu", "cuda", "cuda:1" or None for the best available

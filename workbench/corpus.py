@@ -6,7 +6,7 @@
 from __future__ import annotations
 import ast, hashlib, sysconfig
 from pathlib import Path
-from .core import check, data_dir
+from .core import check, data_dir, read_text
 
 # %% auto #0
 __all__ = ['DOCSTRINGS', 'module_docstrings', 'build_docstring_corpus', 'corpus_dir', 'read_text_split']
@@ -52,7 +52,5 @@ def read_text_split(data_dir:str|Path|None=None, # Directory with train.txt and 
                     split:str="heldout") -> str:
     "The text of one split of a corpus directory."
     check(split in ("train", "heldout"), f"unknown text split {split!r}: use train or heldout")
-    f = Path(data_dir if data_dir is not None else corpus_dir()) / f"{split}.txt"
-    check(f.is_file(), f"text split {str(f)!r} does not exist")
-    return f.read_text(encoding="utf-8")
+    return read_text(Path(data_dir if data_dir is not None else corpus_dir()) / f"{split}.txt", "text split")
 

@@ -8,7 +8,7 @@ import time
 import torch
 from transformers import GenerationConfig
 from tqdm.auto import tqdm
-from .core import check, derive_seed
+from .core import check, check_positions, derive_seed
 from .metrics import pass_at_k
 from .models import LM
 from .tasks import Task
@@ -34,9 +34,11 @@ def complete(lm:LM, task:Task, problems:list,
     for b in tqdm(range(0, len(problems), per_call), desc="generate", disable=quiet):
         chunk = problems[b:b + per_call]
         enc = tok([task.prompt(p) for p in chunk], return_tensors="pt", padding=True).to(lm.device)
+        new = max_new_tokens or task.max_solution_tokens(chunk)
+        check_positions(lm.model, enc["input_ids"].shape[1] + new, "a prompt plus its solution", "use shorter problems")
         gen = GenerationConfig(do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
                                top_k=None if greedy else 0, num_return_sequences=n_samples,
-                               max_new_tokens=max_new_tokens or task.max_solution_tokens(chunk),
+                               max_new_tokens=new,
                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         torch.manual_seed(derive_seed(seed, "complete", b))
         ids = lm.model.generate(**enc, generation_config=gen)[:, enc["input_ids"].shape[1]:]

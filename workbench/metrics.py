@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 import numpy as np, torch
 from tqdm.auto import tqdm
-from .core import check
+from .core import check, check_positions
 
 # %% auto #0
 __all__ = ['pass_at_k', 'Perplexity', 'perplexity']
@@ -41,8 +41,10 @@ def perplexity(model, ids:torch.Tensor|list[int], # The token stream (1-D)
                stride:int|None=None, # Step between windows; None = context (non-overlapping)
                batch_size:int=16, quiet:bool=True) -> Perplexity:
     "Perplexity of `model` on a token stream, windowed as stated."
-    stride = stride or context
+    check(context >= 2, f"context must be ≥ 2 tokens (a window predicts its tokens after the first), got {context}")
+    stride = context if stride is None else stride
     check(0 < stride <= context, f"stride must be in 1..context ({context}), got {stride}")
+    check_positions(model, context, "the context", "use --context at most that")
     ids = torch.as_tensor(ids).flatten()
     check(len(ids) > context, f"text too short: {len(ids)} tokens for context {context}")
     dev = next(model.parameters()).device

@@ -8,7 +8,7 @@ import ast, contextlib, html, importlib.util, io, json, os, re, shutil, tempfile
 import nbformat
 from dataclasses import dataclass
 from pathlib import Path
-from .core import WorkbenchError, check
+from .core import WorkbenchError, check, check_writable
 
 # %% auto #0
 __all__ = ['reports_dir', 'list_reports', 'find_report', 'Param', 'report_params', 'coerce_param', 'check_params', 'figures_dir',
@@ -226,7 +226,7 @@ def render_report(name:str,                     # Report name (see `list_reports
         check("quick" in report_params(nb_path), f"report {stem} has no `quick` parameter")
         values["quick"] = True
     out = Path(out_dir or reports_dir() / "out" / stem)
-    check(not out.is_file(), f"--out {out} is a file; give a folder")
+    check_writable(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix=f".{stem}-", dir=out) as scratch:

@@ -8,7 +8,7 @@ import hashlib, json, random, re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from .core import WorkbenchError, check, derive_seed
+from .core import WorkbenchError, brief, check, derive_seed, read_text
 
 # %% auto #0
 __all__ = ['SPLIT_BUCKETS', 'TASKS', 'bucket_of', 'split_of', 'Task', 'CountdownProblem', 'countdown_reachable', 'parse_step',
@@ -72,10 +72,8 @@ class Task:
     def load_file(self, path:str|Path # JSONL file, one problem record per line
                  ) -> list:
         "Problems from a JSONL file; a malformed line is an error naming its line number."
-        path = Path(path)
-        check(path.is_file(), f"task file {str(path)!r} does not exist")
-        out = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
+        path, out = Path(path), []
+        for i, line in enumerate(read_text(path, "task file").splitlines(), 1):
             if not line.strip(): continue
             try: rec = json.loads(line)
             except json.JSONDecodeError as e: raise WorkbenchError(f"{path}:{i}: not valid JSON ({e.msg})") from None
@@ -167,8 +165,8 @@ class Countdown(Task):
               'expected an object {"numbers": [ints], "target": int}')
         nums, target = rec["numbers"], rec["target"]
         check(isinstance(nums, list) and 2 <= len(nums) <= 8 and all(type(x) is int and x >= 1 for x in nums),
-              f"numbers must be a list of 2 to 8 positive integers, got {nums!r}")
-        check(type(target) is int and target >= 1, f"target must be a positive integer, got {target!r}")
+              f"numbers must be a list of 2 to 8 positive integers, got {brief(nums)}")
+        check(type(target) is int and target >= 1, f"target must be a positive integer, got {brief(target)}")
         return CountdownProblem(tuple(nums), target)
 
     def state(self, p, steps:list[str]) -> tuple[int, ...]|None:
@@ -255,10 +253,10 @@ class ArithmeticChain(Task):
 
     def from_record(self, rec):
         check(isinstance(rec, dict) and set(rec) >= {"start", "ops"}, 'expected an object {"start": int, "ops": ["+5", "*3", ...]}')
-        check(type(rec["start"]) is int and rec["start"] >= 0, f"start must be a non-negative integer, got {rec['start']!r}")
+        check(type(rec["start"]) is int and rec["start"] >= 0, f"start must be a non-negative integer, got {brief(rec['start'])}")
         ops = rec["ops"]
         check(isinstance(ops, list) and ops and all(isinstance(o, str) and _OP.match(o) for o in ops),
-              f'ops must be a non-empty list like ["+5", "-3", "*2"], got {ops!r}')
+              f'ops must be a non-empty list like ["+5", "-3", "*2"], got {brief(ops)}')
         return ChainProblem(rec["start"], tuple(ops))
 
     def n_valid(self, p, steps) -> int|None:

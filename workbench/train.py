@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from .core import check, derive_seed, pick_device
+from .core import WorkbenchError, check, check_writable, derive_seed, pick_device
 from .tasks import Task, bucket_of, SPLIT_BUCKETS
 
 # %% auto #0
@@ -83,13 +83,17 @@ def _save_checkpoint(ckpt:Path, model, tokenizer, opt, step:int, cfg:TrainConfig
     shutil.rmtree(ckpt, ignore_errors=True); os.replace(tmp, ckpt)
 
 def _load_checkpoint(ckpt:Path, model, opt) -> int:
-    load_model(model, ckpt / "model.safetensors", device=str(next(model.parameters()).device))
-    moments, params = load_file(ckpt / "optimizer.safetensors"), dict(model.named_parameters())
-    for key, v in moments.items():
-        name, k = key.split("::")
-        p = params[name]
-        opt.state[p][k] = v.reshape(()) if k == "step" else v.to(p.device)
-    return json.loads((ckpt / "state.json").read_text())["step"]
+    try:
+        load_model(model, ckpt / "model.safetensors", device=str(next(model.parameters()).device))
+        moments, params = load_file(ckpt / "optimizer.safetensors"), dict(model.named_parameters())
+        for key, v in moments.items():
+            name, k = key.split("::")
+            p = params[name]
+            opt.state[p][k] = v.reshape(()) if k == "step" else v.to(p.device)
+        return int(json.loads((ckpt / "state.json").read_text())["step"])
+    except Exception as e:   # a truncated file, another model's checkpoint, broken JSON: say so, never a traceback
+        raise WorkbenchError(f"checkpoint {ckpt} cannot be resumed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                             "delete it to start over, or pass --no-resume") from None
 
 # %% ../nbs/13_train.ipynb #cf418d6b
 def train(model:PreTrainedModel, tokenizer:PreTrainedTokenizerBase,
@@ -101,7 +105,7 @@ def train(model:PreTrainedModel, tokenizer:PreTrainedTokenizerBase,
           quiet:bool=False,
          ) -> dict:
     "Train `model` on `batch_fn` batches; checkpoint to `out_dir/checkpoint`, save the final model to `out_dir`."
-    out_dir, dev = Path(out_dir), pick_device(device)
+    out_dir, dev = check_writable(out_dir), pick_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "checkpoint"
     model.to(dev).train()
