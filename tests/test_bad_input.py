@@ -1,0 +1,81 @@
+"""Bad and hostile input, as a table that keeps growing: every case exits 2 with one `error:` line on stderr, no
+traceback, nothing on stdout but one JSON object `{"error": …}` (with --json), and no file written."""
+import json, os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+import pytest
+from conftest import POLICY, TEXT_LM, run_cli
+
+
+@dataclass
+class Case:
+    name: str
+    args: Callable[[Path], list]     # tmp folder -> command line (the folder holds the case's files)
+    needles: tuple = ()              # what the error line must say
+
+
+def write(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data) if isinstance(data, bytes) else path.write_text(data)
+    return path
+
+
+def corrupted_checkpoint(d: Path) -> Path:
+    out = d / "run"
+    write(out / "checkpoint" / "state.json", '{"step": 3}')
+    write(out / "checkpoint" / "model.safetensors", b"\x00" * 64)
+    write(out / "checkpoint" / "optimizer.safetensors", b"\x00" * 64)
+    return out
+
+
+CASES = [
+    # files that are not what they claim
+    Case("task file not UTF-8", lambda d: ["eval", POLICY, "--task-file", write(d / "p.jsonl", b'{"numbers": [1, 2], "target": 3}\n\xff\xfe\n')],
+         ("not UTF-8",)),
+    Case("task file is a directory", lambda d: ["eval", POLICY, "--task-file", d], ("is a directory",)),
+    Case("corpus not UTF-8", lambda d: ["ppl", TEXT_LM, "--corpus", write(d / "c" / "heldout.txt", b"\xff\xfe abc").parent], ("not UTF-8",)),
+    Case("10,000-number task line is not echoed whole",
+         lambda d: ["eval", POLICY, "--task-file", write(d / "p.jsonl", json.dumps({"numbers": list(range(1, 10_001)), "target": 5}) + "\n")],
+         ("numbers must be", "...")),
+    Case("corrupted training checkpoint", lambda d: ["train", "policy", "--out", corrupted_checkpoint(d), "--steps", "2"],
+         ("cannot be resumed",)),
+    # sizes and conventions checked before any work
+    Case("ppl context longer than the model's positions", lambda d: ["ppl", TEXT_LM, "--context", "2048"], ("2048", "256 positions")),
+    Case("ppl stride 0", lambda d: ["ppl", TEXT_LM, "--context", "16", "--stride", "0"], ("stride must be in 1..context",)),
+    Case("ppl context 0 blames the context", lambda d: ["ppl", TEXT_LM, "--context", "0"], ("context must be ≥ 2",)),
+    Case("eval prompt longer than the model's positions",
+         lambda d: ["eval", POLICY, "--task", "chain", "--task-file", write(d / "c.jsonl", json.dumps({"start": 1, "ops": ["+1"] * 10_000}) + "\n"),
+                    "--n", "1", "--k", "1"], ("longer than the model's 256 positions",)),
+    # output folders that cannot be written are refused before the work
+    Case("train into an unwritable folder", lambda d: ["train", "policy", "--out", "/proc/workbench-out", "--steps", "2"], ("cannot be written",)),
+    Case("train into a path under a file", lambda d: ["train", "text", "--out", write(d / "f", "") / "out", "--steps", "2"], ("is a file",)),
+    Case("report into an unwritable folder", lambda d: ["report", "search_scaling", "--quick", "--out", "/proc/workbench-out"], ("cannot be written",)),
+]
+
+
+def snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): p.stat().st_size for p in d.rglob("*")}
+
+
+def assert_refused(rc, out, err, as_json, needles):
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in err, err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert len(lines[0]) < 600, f"error line of {len(lines[0])} characters"
+    for n in needles: assert n in lines[0], (n, lines[0])
+    if as_json and out.strip():                       # --json: nothing, or exactly one object naming the error
+        obj = json.loads(out)
+        assert set(obj) == {"error"} and obj["error"] in lines[0], out
+    else: assert out == "", out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_refused_cleanly(case, tmp_path):
+    args = [str(a) for a in case.args(tmp_path)]
+    before = snapshot(tmp_path)
+    rc, out, err = run_cli(*args, "--json", cwd=tmp_path)
+    assert_refused(rc, out, err, True, case.needles)
+    assert snapshot(tmp_path) == before, "the refused command wrote files"
+    assert not os.path.exists("/proc/workbench-out")
