@@ -8,10 +8,18 @@ from test_cli import assert_clean_error
 
 
 def test_search_list():
+    from workbench.search.registry import SEARCHES
     rc, out, err = run_cli("search", "--list", "--json")
     assert rc == 0, err
+    listed = json.loads(out)
     assert {"greedy", "best-of-n", "majority", "weighted-majority", "beam", "dvts", "rebase", "ets", "mcts", "astar",
-            "particle-filter", "diverse-beam"} <= json.loads(out).keys()
+            "particle-filter", "diverse-beam"} <= listed.keys()
+    assert listed.keys() == SEARCHES.keys()                       # the registry, not a list kept here
+    for name, spec in SEARCHES.items():
+        assert listed[name]["doc"] == spec.doc and listed[name]["reads_prm"] == spec.reads_prm, name
+        assert {k: v["default"] for k, v in listed[name]["knobs"].items()} == {k.name: k.default for k in spec.knobs}, name
+    rc, text, err = run_cli("search", "--list")
+    assert rc == 0 and all(name in text for name in SEARCHES) and "--lambda-c (float, default 1.0)" in text
 
 
 @pytest.mark.parametrize("args,needles", [
@@ -25,6 +33,9 @@ def test_search_list():
     (["search", "mcts", "--w-exp", "-0.5"], ["w_exp ≥ 0"]),
     (["search", "particle-filter", "--particle-temperature", "0"], ["must be > 0"]),
     (["search", "diverse-beam", "--width", "6", "--groups", "4"], ["must divide"]),
+    (["search", "beam", "--lambda-c", "3"], ["search beam has no knob 'lambda_c'", "its knobs: expand (int, default 4)"]),
+    (["search", "greedy", "--expand", "2"], ["search greedy has no knob 'expand'", "takes no knobs"]),
+    (["search", "beam", "--no-such-knob", "3"], ["no-such-knob"]),
 ])
 def test_search_bad_input(args, needles):
     assert_clean_error(*run_cli(*args, "--n", "2", "--json"), *needles)
@@ -48,6 +59,17 @@ def test_search_reports_the_counters(tmp_path):
               "naive_peak_bytes", "unique_token_limit_bytes", "wall_s"):
         assert k in r, k
     assert r["n"] == 2 and r["pool_peak_bytes"] <= r["naive_peak_bytes"]
+    assert r["knobs"] == {"softmax_temperature": 0.2} and r["config"]["width"] == 4     # every knob in effect, defaults too
+
+
+def test_search_records_the_given_knobs(tmp_path):
+    from workbench.search.registry import SEARCHES
+    f = tmp_path / "p.jsonl"; f.write_text('{"numbers": [25, 4, 3, 7], "target": 103}\n')
+    rc, out, err = run_cli("search", "ets", "--task-file", f, "--width", "4", "--lambda-c", "2", "--json")
+    assert rc == 0, err
+    r = json.loads(out)
+    assert r["knobs"] == {**{k.name: k.default for k in SEARCHES["ets"].knobs}, "lambda_c": 2.0}
+    assert r["config"] == {**r["config"], "width": 4, "seed": 0, "answer": "weighted"}
 
 
 @pytest.mark.slow
@@ -59,7 +81,8 @@ def test_bench_search_quick_runs_and_kv_ratios_hold():
     assert rc == 0, err
     r = json.loads(out)
     assert r["pool_over_unique_limit_w16"] <= 1.05 and r["pool_over_naive_bytes_w16"] <= 0.33
-    assert r["engine_vs_hf_tokens_per_s"] > 0 and len(r["rows"]) == 1 + 2 * 11 and len(r["noisy_rows"]) == 2 * 5
+    from workbench.search.registry import SEARCHES
+    assert r["engine_vs_hf_tokens_per_s"] > 0 and len(r["rows"]) == 1 + 2 * (len(SEARCHES) - 1) and len(r["noisy_rows"]) == 2 * 5
     assert set(r["claims"]) >= {"noisy_best-of-n_over_astar_tokens_generated", "noisy_beam_over_particle_budget"}
 
 

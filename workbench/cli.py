@@ -4,16 +4,16 @@
 
 # %% ../nbs/90_cli.ipynb #d5215800
 from __future__ import annotations
-import json, os, shutil, subprocess, sys
+import inspect, json, os, shutil, sys
 from pathlib import Path
 from typing import Optional
 import typer
-from .core import WorkbenchError, check, data_dir
+from .core import WorkbenchError, check, data_dir, model_dir
 
 # %% auto #0
-__all__ = ['app', 'train_app', 'bench_app', 'emit', 'load_command_modules', 'main', 'lab', 'train_policy_cmd', 'train_text_cmd',
-           'train_prm_cmd', 'problems_for', 'eval_cmd', 'ppl_cmd', 'search_cmd', 'emit_bench', 'bench_search_cmd',
-           'bench_ets_cmd', 'bench_widgets_cmd']
+__all__ = ['app', 'train_app', 'bench_app', 'emit', 'load_command_modules', 'refuse', 'main', 'lab', 'train_policy_cmd',
+           'train_text_cmd', 'train_prm_cmd', 'problems_for', 'eval_cmd', 'ppl_cmd', 'search_cmd', 'knob_options',
+           'add_knob_options', 'list_searches', 'emit_bench', 'bench_search_cmd', 'bench_ets_cmd', 'bench_widgets_cmd']
 
 # %% ../nbs/90_cli.ipynb #061600dd
 app = typer.Typer(help="The search · prune · quantize workbench.", no_args_is_help=True,
@@ -36,14 +36,21 @@ def load_command_modules():
     for m in pkgutil.iter_modules(workbench.__path__):
         if m.name.startswith("cli_"): importlib.import_module(f"workbench.{m.name}")
 
+def refuse(message:str):
+    "Bad input: one line `error: …` on stderr, the same as one JSON object on stdout under --json, exit code 2."
+    message = " ".join(str(message).split())          # one line, whatever the message held
+    if "--json" in sys.argv[1:]: print(json.dumps({"error": message}))
+    print(f"error: {message}", file=sys.stderr); sys.exit(2)
+
 def main():
-    "Entry point: run the app, turning bad input into one line on stderr and exit code 2."
+    "Entry point: run the app, turning bad input into one line on stderr (and a JSON object with --json) and exit code 2."
     load_command_modules()
+    if sys.argv[1:2] == ["search"]: add_knob_options()   # importing every search takes seconds: only for `search`
     try: rv = app(standalone_mode=False)
-    except WorkbenchError as e: print(f"error: {e}", file=sys.stderr); sys.exit(2)
+    except WorkbenchError as e: refuse(str(e))
     except Exception as e:
         # typer vendors click, so its exceptions are matched by shape: usage errors have format_message
-        if hasattr(e, "format_message"): print(f"error: {e.format_message()}", file=sys.stderr); sys.exit(2)
+        if hasattr(e, "format_message"): refuse(e.format_message())
         if type(e).__name__ == "Exit": sys.exit(getattr(e, "exit_code", 0))
         if type(e).__name__ == "Abort": sys.exit(130)
         raise
@@ -51,17 +58,18 @@ def main():
 
 # %% ../nbs/90_cli.ipynb #3195dcff
 @app.command()
-def lab(port:int=typer.Option(8888, help="Port on 127.0.0.1"),
-        notebook:str=typer.Option("nbs/00_tour.ipynb", help="Notebook to open"),
-        no_browser:bool=typer.Option(False, help="Do not open a browser")):
+def lab(port:int=typer.Option(8888, min=1, max=65535, help="Port on 127.0.0.1"),
+        notebook:str=typer.Option("nbs/00_tour.ipynb", help="Notebook to open, relative to the repository"),
+        no_browser:bool=typer.Option(False, "--no-browser", help="Do not open a browser")):
     "Start JupyterLab on the tour notebook (127.0.0.1 only)."
     exe = shutil.which("jupyter-lab") or str(Path(sys.executable).with_name("jupyter-lab"))
     check(Path(exe).exists(), "jupyter-lab is not installed: run `make lab`, which installs it into .venv")
     root = data_dir().parent
     check((root / notebook).is_file(), f"notebook {notebook!r} not found under {root}")
-    args = [exe, f"--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", f"--ServerApp.root_dir={root}", notebook]
+    args = [exe, "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", f"--ServerApp.root_dir={root}", notebook]
     if no_browser: args.append("--no-browser")
     if os.geteuid() == 0: args.append("--allow-root")
+    os.chdir(root)                     # Jupyter resolves the notebook against the working directory: run from anywhere
     print(f"JupyterLab on http://127.0.0.1:{port}/lab/tree/{notebook} (the token is printed below)", file=sys.stderr)
     os.execv(exe, args)
 
@@ -88,8 +96,9 @@ def train_text_cmd(out:Path=typer.Option(..., help="Output model directory"),
                    seed:int=0, device:Optional[str]=None, resume:bool=True,
                    as_json:bool=typer.Option(False, "--json")):
     "Train a BPE tokenizer and a tiny Llama LM on English text (resumable, seeded)."
+    from workbench.corpus import corpus_dir
     from workbench.train import train_text
-    corpus = corpus or data_dir() / "text" / "python-docstrings"
+    corpus = corpus or corpus_dir()
     emit(train_text(out, corpus, vocab_size, context, steps, batch_size, lr, hidden, layers, heads, intermediate,
                     seed, device, resume, quiet=as_json), as_json)
 
@@ -100,7 +109,7 @@ def train_prm_cmd(policy:Path=typer.Option(None, help="Policy directory; default
                   seed:int=0, device:Optional[str]=None, as_json:bool=typer.Option(False, "--json")):
     "Label policy samples by Monte-Carlo rollouts (Math-Shepherd) and train a PRM with a value head on them."
     from workbench.learned_prm import train_prm
-    emit(train_prm(policy or data_dir() / "models" / "countdown-policy", out, task, n_problems, rollouts, epochs, lr,
+    emit(train_prm(policy or model_dir("countdown-policy"), out, task, n_problems, rollouts, epochs, lr,
                    seed, device, quiet=as_json), as_json)
 
 # %% ../nbs/90_cli.ipynb #b4d0a0b0
@@ -140,7 +149,7 @@ def ppl_cmd(model_dir:Path=typer.Argument(..., help="Model directory"),
     from workbench.corpus import read_text_split
     from workbench.metrics import perplexity
     from workbench.models import load
-    text = read_text_split(corpus or data_dir() / "text" / "python-docstrings", split)
+    text = read_text_split(corpus, split)
     lm = load(model_dir, device)
     r = perplexity(lm.model, lm.tokenizer(text, add_special_tokens=False)["input_ids"], context, stride, quiet=as_json)
     emit({"model": str(model_dir), "split": split, "ppl": r.ppl, "nll": r.nll, "tokens": r.tokens,
@@ -149,18 +158,10 @@ def ppl_cmd(model_dir:Path=typer.Argument(..., help="Model directory"),
 # %% ../nbs/90_cli.ipynb #7340831d
 @app.command("search")
 def search_cmd(algo:Optional[str]=typer.Argument(None, help="Search algorithm (see --list)"),
-               list_algos:bool=typer.Option(False, "--list", help="List the algorithms and exit"),
+               list_algos:bool=typer.Option(False, "--list", help="List the algorithms, their knobs and whether they read a PRM"),
                task:str="countdown", split:str="hard",
                task_file:Optional[Path]=typer.Option(None, help="JSONL problems instead of a split"),
                n:int=typer.Option(100, help="Problems"), width:int=typer.Option(16, help="Width / budget N"),
-               expand:int=typer.Option(4, help="M / k: expansions per kept beam (beam, dvts), per pop (astar), per step (mcts)"),
-               softmax_temperature:float=typer.Option(0.2, help="T of REBASE's and ETS's softmax"),
-               lambda_c:float=typer.Option(1.0, help="ETS: weight of the retained-node (KV) cost"),
-               lambda_s:float=typer.Option(1.5, help="ETS: weight of the semantic-coverage bonus"),
-               particle_temperature:float=typer.Option(1.0, help="Particle filter: T of the resampling softmax"),
-               w_exp:float=typer.Option(1.0, help="MCTS: exploration weight"),
-               groups:Optional[int]=typer.Option(None, help="Diverse beam: groups G (default G = width)"),
-               penalty:float=typer.Option(0.5, help="Diverse beam: Hamming diversity penalty λ"),
                prm:str=typer.Option("oracle", help="oracle, noisy, outcome or learned"),
                prm_path:Optional[Path]=typer.Option(None, help="Learned PRM directory; default data/models/countdown-prm"),
                flip:float=typer.Option(0.2, help="Noisy PRM: label flip probability"),
@@ -168,38 +169,66 @@ def search_cmd(algo:Optional[str]=typer.Argument(None, help="Search algorithm (s
                policy:Optional[Path]=typer.Option(None, help="Policy directory; default data/models/countdown-policy"),
                temperature:float=1.0, max_step_tokens:int=24,
                answer:str=typer.Option("weighted", help="best, vote or weighted"),
-               capacity_tokens:int=typer.Option(1 << 20, help="KV pool size in tokens"),
+               capacity_tokens:Optional[int]=typer.Option(None, help="KV pool size in tokens; default: workbench.experiment.pool_tokens"),
                block_size:int=typer.Option(1, help="KV pool block size in tokens"),
                kv_bits:Optional[int]=typer.Option(None, help="KV cache storage: 8 or 4 bits (default: the model's dtype)"),
                kv_key_axis:str=typer.Option("token", help="KV quantization of keys: per token, or channel-normalised"),
                chunk:int=typer.Option(25, help="Problems searched at once"),
-               seed:int=0, device:Optional[str]=None, as_json:bool=typer.Option(False, "--json")):
-    "Run a step-level search on a task split and print accuracy and the budget counters."
-    from workbench.search.registry import SEARCHES, search_many
-    if list_algos:
-        if as_json: print(json.dumps({k: d for k, (f, d) in SEARCHES.items()}))
-        else:
-            for k, (f, d) in SEARCHES.items(): print(f"{k:<18} {d}")
-        return
+               seed:int=0, device:Optional[str]=None, as_json:bool=typer.Option(False, "--json"),
+               **knobs):
+    "Run a search algorithm on a task split; print accuracy, the config and knobs in effect, and the budget counters."
+    from workbench.search.registry import SEARCHES, get_search
+    if list_algos: return list_searches(SEARCHES, as_json)
     check(algo is not None, f"name a search algorithm: one of {', '.join(SEARCHES)} (or --list)")
-    check(algo in SEARCHES, f"unknown search algorithm {algo!r}: use one of {', '.join(SEARCHES)}")
-    from workbench.engine import Engine
-    from workbench.learned_prm import get_prm
-    from workbench.models import load
+    from workbench.experiment import search_setup
     from workbench.search.core import SearchConfig
+    spec, given = get_search(algo), {k: v for k, v in knobs.items() if v is not None}
     cfg = SearchConfig(width=width, temperature=temperature, max_step_tokens=max_step_tokens, answer=answer, seed=seed)
-    check(algo not in ("beam", "dvts") or width % expand == 0, f"width ({width}) must be a multiple of expand ({expand}) for {algo}")
+    spec.knobs_in_effect(cfg, **given)          # a knob it does not take, or a bad combination: refused before loading
     t, probs = problems_for(task, split, task_file, n, seed)
-    reward = get_prm(prm, task=t, path=prm_path, flip=flip, sigma=sigma, seed=seed, device=device)
-    lm = load(policy or data_dir() / "models" / "countdown-policy", device)
-    if hasattr(reward, "check_tokenizer"): reward.check_tokenizer(lm.tokenizer)
-    longest = max(len(lm.tokenizer(t.prompt(p))["input_ids"]) for p in probs) + t.max_steps(probs[0]) * max_step_tokens
-    check(capacity_tokens >= longest, f"capacity_tokens ({capacity_tokens}) is smaller than one full path (~{longest} tokens); raise it")
-    engine = Engine(lm, capacity_tokens=capacity_tokens, block_size=block_size, kv_bits=kv_bits, kv_key_axis=kv_key_axis)
-    res = search_many(algo, engine, reward, t, probs, cfg, chunk=chunk, quiet=as_json, expand=expand,
-                      softmax_temperature=softmax_temperature, lambda_c=lambda_c, lambda_s=lambda_s,
-                      particle_temperature=particle_temperature, w_exp=w_exp, groups=groups, penalty=penalty)
-    emit({"task": task, "split": "file" if task_file else split, "prm": prm, **res}, as_json)
+    s = search_setup(policy or "countdown-policy", prm, t, probs, width, max_step_tokens, chunk, capacity_tokens, block_size,
+                     kv_bits, kv_key_axis, device=device, prm_path=prm_path, flip=flip, sigma=sigma, seed=seed)
+    emit({"task": task, "split": "file" if task_file else split, "prm": prm, **s.many(algo, cfg, quiet=as_json, **given)}, as_json)
+
+# typer reads the signature: without the registry's knobs until `add_knob_options` adds them
+search_cmd.__signature__ = inspect.signature(search_cmd).replace(
+    parameters=[p for p in inspect.signature(search_cmd).parameters.values() if p.kind != p.VAR_KEYWORD])
+
+# %% ../nbs/90_cli.ipynb #c11a0001
+def knob_options(searches:dict) -> list[inspect.Parameter]:
+    "One option per knob name of every search in `searches`, default None (not given); its help names the searches taking it."
+    uses = {}
+    for spec in searches.values():
+        for k in spec.knobs:
+            if k.plain: uses.setdefault(k.name, []).append((spec.name, k))
+    out = []
+    for name, ks in uses.items():
+        types = {k.type for _, k in ks}
+        check(len(types) == 1, f"knob {name} has different types in different searches: {types}")
+        helps = {}
+        for algo, k in ks: helps.setdefault(f"{k.help} (default {k.default})", []).append(algo)
+        out.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[types.pop()],
+                                     default=typer.Option(None, help="; ".join(f"{', '.join(a)}: {h}" for h, a in helps.items()))))
+    return out
+
+def add_knob_options():
+    "Give `search` the knob options of every registered search."
+    from workbench.search.registry import SEARCHES
+    sig = inspect.signature(search_cmd)
+    search_cmd.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.kind != p.KEYWORD_ONLY]
+                                           + knob_options(SEARCHES))
+
+def list_searches(searches:dict, as_json:bool):
+    "Each search's doc, knobs (type, default, help) and whether it reads a PRM; one JSON object with `as_json`."
+    rows = {name: {"doc": s.doc, "reads_prm": s.reads_prm,
+                   "knobs": {k.name: {"type": getattr(k.type, "__name__", str(k.type)), "default": k.default, "help": k.help,
+                                      "cli": k.plain} for k in s.knobs}} for name, s in searches.items()}
+    if as_json: return print(json.dumps(rows))
+    for name, r in rows.items():
+        print(f"{name:<18} {r['doc']}{'' if r['reads_prm'] else '  [reads no PRM]'}")
+        for k, v in r["knobs"].items():
+            print(f"{'':<20}--{k.replace('_', '-')} ({v['type']}, default {v['default']}): {v['help']}" if v["cli"]
+                  else f"{'':<20}{k} (Python only): {v['help']}")
 
 # %% ../nbs/90_cli.ipynb #b3f91a71
 def emit_bench(res:dict, as_json:bool):

@@ -10,7 +10,7 @@ import numpy as np, torch
 
 # %% auto #0
 __all__ = ['WorkbenchError', 'check', 'brief', 'read_text', 'check_positions', 'check_writable', 'atomic_dir', 'pick_device',
-           'data_dir', 'model_dir', 'derive_seed', 'seed_everything']
+           'available_memory', 'check_fits', 'data_dir', 'model_dir', 'derive_seed', 'seed_everything']
 
 # %% ../nbs/01_core.ipynb #09e2ff98
 class WorkbenchError(ValueError):
@@ -90,6 +90,21 @@ def pick_device(device:str|torch.device|None=None, # "cpu", "cuda", "cuda:1" or 
     except RuntimeError as e: raise WorkbenchError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from e
     check(dev.type != "cuda" or torch.cuda.is_available(), f"device {device!r} asked for, but CUDA is not available here; use cpu")
     return dev
+
+# %% ../nbs/01_core.ipynb #0e0e5fc8
+def available_memory(device:str|torch.device|None=None) -> int:
+    "Bytes that can still be allocated on `device`: free CUDA memory, or the kernel's MemAvailable on the host."
+    dev = pick_device(device)
+    if dev.type == "cuda": return torch.cuda.mem_get_info(dev)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable:"))
+    except (OSError, StopIteration): return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+def check_fits(n_bytes:int, device:str|torch.device|None, what:str, fix:str):
+    "Refuse, before allocating, something larger than the memory left on `device` (instead of a MemoryError later)."
+    free = available_memory(device)
+    check(n_bytes <= free, f"{what} needs {n_bytes / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB is free on {pick_device(device)}; {fix}")
 
 # %% ../nbs/01_core.ipynb #af0981dd
 def data_dir() -> Path:

@@ -10,11 +10,11 @@ from typing import Callable
 from fastcore.basics import patch
 import numpy as np, torch
 from transformers import DynamicCache
-from .core import WorkbenchError, check, pick_device
+from .core import WorkbenchError, check, check_fits, pick_device
 from .models import LM
 
 # %% auto #0
-__all__ = ['KVPool', 'Node', 'ets_kv_metric', 'sample_tokens', 'Stats', 'Engine']
+__all__ = ['KVPool', 'Node', 'ets_kv_metric', 'sample_tokens', 'Stats', 'Engine', 'add_event']
 
 # %% ../nbs/20_engine.ipynb #3a365005
 class KVPool:
@@ -37,6 +37,9 @@ class KVPool:
         check(key_axis in ("token", "channel"), f"key_axis must be 'token' or 'channel', got {key_axis!r}")
         check(kv_bits != 4 or head_dim % 2 == 0, f"4-bit KV packs two values per byte: head_dim must be even, got {head_dim}")
         self.dtype, self.kv_bits, self.key_axis = dtype, kv_bits, key_axis
+        elem = head_dim * kv_bits // 8 + 4 if kv_bits in (8, 4) else head_dim * (2 if kv_bits == 16 else dtype.itemsize)
+        check_fits(2 * layers * self.n_blocks * kv_heads * block_size * elem, device, f"a KV pool of {self.n_blocks * block_size} tokens",
+                   "lower the width, the problems searched at once (--chunk) or --capacity-tokens")
         if kv_bits in (8, 4):                      # codes (head_dim·bits/8 bytes) + fp16 scale and minimum per token and head
             self.k = torch.zeros(shape[:-1] + (head_dim * kv_bits // 8,), dtype=torch.uint8, device=pick_device(device))
             self.k_scale, self.k_min = (torch.zeros(shape[:-1], dtype=torch.float16, device=self.k.device) for _ in range(2))
@@ -173,7 +176,16 @@ class Node:
     refs: int = 1                            # 1 while the search keeps it, + its live children
     alive: bool = True                       # Its blocks and logits are held
     released: bool = False                   # The search has released it
-    meta: dict = field(default_factory=dict) # Free space for searches: score, terminal, ...
+    eos: bool = False                        # The step ended with the end-of-sequence token
+    # set by the searches (workbench.search.core): the path as steps, its PRM scores, whether it is a solution
+    steps: list[str] = field(default_factory=list, repr=False)          # Step texts of the path root → self
+    step_scores: list[float] = field(default_factory=list, repr=False)  # PRM score of each of those steps
+    score: float|None = None                 # PRM score of this step (None: not scored)
+    terminal: bool = False                   # The path is a finished solution
+    selected: bool = False                   # The search chose this solution as its answer
+    cluster: int|None = None                 # ETS: semantic cluster of this step
+    visits: int = 0                          # MCTS: rollouts through this node
+    value_sum: float = 0.0                   # MCTS: sum of their returns
 
     def path(self) -> list[Node]:
         "Nodes root → self."
@@ -248,6 +260,11 @@ class Engine:
     def __repr__(self): return f"Engine({self.lm!r}, {self.pool!r}, {len(self.live)} live nodes)"
 
 # %% ../nbs/20_engine.ipynb #bf7a585b
+def add_event(node:Node) -> dict:
+    "The `add` event of `node`, one shape for the engine and every search."
+    return dict(t="add", node=node.id, parent=None if node.parent is None else node.parent.id, problem=node.problem,
+                depth=node.depth, text=node.text, tokens=len(node.tokens))
+
 @patch
 def _emit(self:Engine, **ev):
     if self.on_event is not None: self.on_event(ev)
@@ -260,7 +277,7 @@ def _add(self:Engine, parent:Node|None, tokens:list[int], blocks:list[int], logi
     if parent is None: self.roots.append(node)
     else: parent.children.append(node); parent.refs += 1
     self.live[node.id] = node
-    self._emit(t="add", node=node.id, parent=None if parent is None else parent.id, tokens=len(tokens), problem=problem)
+    self._emit(**add_event(node))
     return node
 
 @patch
@@ -384,7 +401,7 @@ def expand(self:Engine, requests:list[tuple[Node, int]], # (node, k): sample k c
     tables = self._store(rows, n_new, cache, P)
     toks = toks.tolist()
     kids = [self._add(n, toks[i][:m], tables[i], last[i].clone(), n.problem) for i, (n, m) in enumerate(zip(rows, n_new))]
-    for c in kids: c.meta["eos"] = c.tokens[-1] == self.tok.eos_token_id
+    for c in kids: c.eos = c.tokens[-1] == self.tok.eos_token_id
     self.stats.tokens_generated += sum(n_new); self.stats.model_calls += len(kids)
     self._update_peaks()
     it = iter(kids)

@@ -11,7 +11,7 @@ from .core import check, model_dir
 from .corpus import corpus_dir, read_text_split
 
 # %% auto #0
-__all__ = ['TextSetup', 'text_setup']
+__all__ = ['TextSetup', 'text_setup', 'pool_tokens', 'SearchSetup', 'search_setup', 'search']
 
 # %% ../nbs/18_experiment.ipynb #d8d02648
 @dataclass
@@ -58,3 +58,97 @@ def text_setup(model:str|Path="text-lm",   # A model directory or shipped name
     check(context < n <= len(ids) - 1, f"the held-out split has {len(ids) - 1} tokens to score; asked for {n} (context {context})")
     calib = calib_from_text(lm.tokenizer, read_text_split(corpus, "train"), calib_windows, context, seed) if calib_windows else []
     return TextSetup(lm, torch.tensor(ids[:n + 1]), calib, context, corpus)
+
+# %% ../nbs/18_experiment.ipynb #5e7a0002
+def pool_tokens(prompt_tokens:list[int],  # Prompt length of each problem in tokens (<bos> included)
+                width:int,                # Search width N
+                max_steps:int,            # Most steps of a solution
+                max_step_tokens:int=24,   # Most tokens of one step
+                chunk:int=25,             # Problems searched at once
+                block_size:int=1,         # Tokens per pool block
+                branching:int=4,          # Children per opened node of searches that keep their tree (MCTS, A*)
+               ) -> int:
+    "KV pool size in tokens that holds the live search trees of `chunk` problems at once."
+    check(width >= 1 and max_steps >= 1 and chunk >= 1, f"need width, max_steps and chunk ≥ 1, got {width}, {max_steps}, {chunk}")
+    node = max_step_tokens + 2 * (block_size - 1)          # one step, plus the parent's partial block a child copies
+    per_problem = max(prompt_tokens) + block_size + branching * width * max_steps * node
+    return min(chunk, len(prompt_tokens)) * per_problem
+
+# %% ../nbs/18_experiment.ipynb #5e7a0004
+@dataclass
+class SearchSetup:
+    "A policy, its reward model, a task and its problems, and the engine whose KV pool holds one chunk of their search."
+    lm: object                     # The policy `LM`
+    prm: object                    # The `PRM`
+    task: object                   # The `Task`
+    problems: list = field(repr=False)
+    engine: object = field(repr=False)
+    chunk: int = 25                # Problems searched at once by `many`
+
+    def run(self, algo:str, cfg=None, on_event=None, **knobs):
+        "One search of every problem at once (`run_search`); `cfg` defaults to `SearchConfig()`."
+        from workbench.search.core import SearchConfig
+        from workbench.search.registry import run_search
+        return run_search(algo, self.engine, self.prm, self.task, self.problems, cfg or SearchConfig(), on_event, **knobs)
+
+    def many(self, algo:str, cfg, quiet:bool=True, on_event=None, **knobs) -> dict:
+        "The problems chunk by chunk (`search_many`): accuracy, config, knobs and merged counters."
+        from workbench.search.registry import search_many
+        return search_many(algo, self.engine, self.prm, self.task, self.problems, cfg, self.chunk, quiet, on_event, **knobs)
+
+# %% ../nbs/18_experiment.ipynb #5e7a0005
+def search_setup(policy="countdown-policy",  # An `LM`, a model directory or a shipped model name
+                 prm="oracle",               # A `PRM`, or oracle, noisy, outcome or learned
+                 task="countdown",           # A `Task` or a task name
+                 problems:list|None=None,    # Problems of the task (one, or a list; a dict is read as a task-file record)
+                 width:int=16,               # The widest search width that will run on the engine
+                 max_step_tokens:int=24,     # As in `SearchConfig`
+                 chunk:int=25,               # Problems searched at once
+                 capacity_tokens:int|None=None, # KV pool size; None = `pool_tokens`
+                 block_size:int=1,           # KV pool block size
+                 kv_bits:int|None=None,      # KV pool storage (see `KVPool`)
+                 kv_key_axis:str="token",
+                 branching:int=4,            # See `pool_tokens`
+                 device:str|None=None,       # None = CUDA when present
+                 prm_path:str|Path|None=None, # Learned PRM directory; None = the shipped one
+                 flip:float=0.2, sigma:float=0.1, seed:int=0, # Noisy PRM: flip probability, noise, seed
+                 on_event=None,              # The engine's event listener (add, free)
+                ) -> SearchSetup:
+    "Load or take the policy, PRM and task, and build the engine with a pool sized by `pool_tokens`."
+    from workbench.engine import Engine
+    from workbench.learned_prm import get_prm
+    from workbench.models import load
+    from workbench.tasks import get_task
+    check(chunk >= 1, f"chunk (problems searched at once) must be ≥ 1, got {chunk}")
+    t = get_task(task) if isinstance(task, str) else task
+    probs = [t.from_record(p) if isinstance(p, dict) else p for p in (problems if isinstance(problems, (list, tuple)) else [problems])]
+    check(len(probs) >= 1 and probs[0] is not None, "give at least one problem of the task (e.g. task.problems('hard', 4))")
+    reward = get_prm(prm, task=t, path=prm_path, flip=flip, sigma=sigma, seed=seed, device=device) if isinstance(prm, str) else prm
+    lm = policy if hasattr(policy, "tokenizer") else load(model_dir(policy), device)
+    if hasattr(reward, "check_tokenizer"): reward.check_tokenizer(lm.tokenizer)
+    prompts = [len(lm.tokenizer(t.prompt(p))["input_ids"]) for p in probs]
+    steps = max(t.max_steps(p) for p in probs)
+    longest = max(prompts) + steps * max_step_tokens
+    capacity = capacity_tokens or pool_tokens(prompts, width, steps, max_step_tokens, chunk, block_size, branching)
+    check(capacity >= longest, f"capacity_tokens ({capacity}) is smaller than one full path (~{longest} tokens); raise it")
+    engine = Engine(lm, capacity_tokens=capacity, block_size=block_size, on_event=on_event, kv_bits=kv_bits, kv_key_axis=kv_key_axis)
+    return SearchSetup(lm, reward, t, probs, engine, chunk)
+
+# %% ../nbs/18_experiment.ipynb #5e7a0008
+def search(algo:str,                # A key of `SEARCHES` (see `workbench search --list`)
+           policy,                  # An `LM`, a model directory or a shipped model name
+           task,                    # A `Task` or a task name, e.g. "countdown"
+           problems,                # One problem of the task, or a list (a dict is a task-file record: {"numbers": [...], "target": 24})
+           prm="oracle",            # A `PRM`, or oracle, noisy, outcome or learned
+           width:int=16,            # Search width N
+           device:str|None=None,    # None = CUDA when present
+           on_event=None,           # Receives every search event (TreeExplorer, KVCacheMonitor, …)
+           **kw,                    # `SearchConfig` fields (seed, temperature, answer, …) and the algorithm's knobs
+          ):
+    "Run search `algo` on `problems` in one call; returns the `SearchResult` (knobs and config recorded)."
+    from dataclasses import fields
+    from workbench.search.core import SearchConfig
+    names = {f.name for f in fields(SearchConfig)}
+    cfg = SearchConfig(width=width, **{k: v for k, v in kw.items() if k in names})
+    s = search_setup(policy, prm, task, problems, width, cfg.max_step_tokens, device=device, seed=cfg.seed)
+    return s.run(algo, cfg, on_event, **{k: v for k, v in kw.items() if k not in names})

@@ -106,8 +106,8 @@ class LearnedPRM(PRM):
         self.path = check_model_dir(model_dir)
         try:
             with quiet_transformers():
-                self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-                self.model = AutoModelForTokenClassification.from_pretrained(self.path, use_safetensors=True)
+                self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=False)
+                self.model = AutoModelForTokenClassification.from_pretrained(self.path, use_safetensors=True, trust_remote_code=False)
         except (OSError, ValueError, KeyError) as e:
             raise WorkbenchError(f"could not load a PRM from {self.path}: {str(e).splitlines()[0]}") from None
         check(self.model.config.num_labels == 1, f"{self.path} has {self.model.config.num_labels} labels; a PRM has one")
@@ -149,7 +149,7 @@ class LearnedPRM(PRM):
 def _init_prm(policy_dir:str|Path) -> LlamaForTokenClassification:
     "The policy's backbone with a new one-logit head (the load report of the new head is silenced: it is expected)."
     v = hf_logging.get_verbosity(); hf_logging.set_verbosity_error()
-    try: return LlamaForTokenClassification.from_pretrained(check_model_dir(policy_dir), num_labels=1, use_safetensors=True)
+    try: return LlamaForTokenClassification.from_pretrained(check_model_dir(policy_dir), num_labels=1, use_safetensors=True, trust_remote_code=False)
     finally: hf_logging.set_verbosity(v)
 
 # %% ../nbs/22_learned_prm.ipynb #72836d55

@@ -5,10 +5,7 @@
 # %% ../nbs/21_rewards.ipynb #4c7fd5df
 from __future__ import annotations
 import math, random
-from dataclasses import dataclass
-from pathlib import Path
-import torch
-from .core import WorkbenchError, check, derive_seed, pick_device
+from .core import check, derive_seed
 from .tasks import Task
 
 # %% auto #0

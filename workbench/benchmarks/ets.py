@@ -6,14 +6,14 @@ a λc × λs sweep, the real pool peak and the solver's time per step."""
 # %% ../../nbs/28a_bench_ets.ipynb #babe8c0b
 from __future__ import annotations
 import sys
+from dataclasses import replace
 import numpy as np
-from ..core import data_dir, pick_device
-from ..engine import Engine
+from ..core import pick_device
+from ..experiment import search_setup
 from ..learned_prm import get_prm
-from ..models import load
 from ..search.core import SearchConfig
 from ..search.ets import policy_embedder
-from ..search.registry import search_many
+from ..search.registry import SEARCHES
 from ..tasks import Countdown
 
 # %% auto #0
@@ -33,18 +33,18 @@ def bench_ets(quick:bool=False, device:str|None=None, policy:str|None=None, seed
              ) -> dict:
     "REBASE vs ETS (width 16, learned and oracle PRM), matched-accuracy KV, pool peaks, solver time, λ sweep."
     dev = pick_device(device)
-    lm = load(policy or data_dir() / "models" / "countdown-policy", device=str(dev))
     task = Countdown()
     n_default, widths = (16, (16,)) if quick else (100, (8, 16, 32))
     n = n or n_default
     sweep = ((0.5, 1.5), (1.0, 1.5), (2.0, 1.5)) if quick else tuple((lc, ls) for ls in (0.0, 1.5) for lc in (0.5, 1.0, 2.0, 3.0))
     problems = task.problems("hard", n, seed)
-    engine, embed = Engine(lm, capacity_tokens=1 << 19), policy_embedder(lm)
+    setup = search_setup(policy or "countdown-policy", "oracle", task, problems, max(widths), device=str(dev))
+    embed = policy_embedder(setup.lm)                  # shared: its cache lasts the whole benchmark
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     def run(algo, prm, prm_name, w=16, **knobs):
-        r = search_many(algo, engine, prm, task, problems, SearchConfig(width=w, seed=seed), embed=embed, **knobs)
-        lam = {"lambda_c": knobs.get("lambda_c", 1.0), "lambda_s": knobs.get("lambda_s", 1.5)} if algo == "ets" else {"lambda_c": "", "lambda_s": ""}
-        r = {"prm": prm_name, **lam, **r}
+        shared = {"embed": embed} if "embed" in SEARCHES[algo].knob_names else {}
+        r = replace(setup, prm=prm).many(algo, SearchConfig(width=w, seed=seed), **shared, **knobs)
+        r = {"prm": prm_name, **{k: r["knobs"].get(k, "") for k in ("lambda_c", "lambda_s")}, **r}
         if algo == "ets": r["solver_ms_per_step"] = 1e3 * r["solver_s"] / max(1, r["solver_calls"])
         log(f'{prm_name:>7} {algo:>6} w={w:<3} {knobs} acc={r["accuracy"]:.2f} kv={r["kv_tokens_ets_metric"]}')
         return r

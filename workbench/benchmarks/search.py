@@ -5,12 +5,13 @@ algorithm's accuracy and counters, side by side in one run."""
 
 # %% ../../nbs/28_bench_search.ipynb #49d66731
 from __future__ import annotations
-import itertools, json, math, sys, time
+import itertools, math, sys
 import torch
-from ..core import check, data_dir, derive_seed, pick_device
-from ..engine import Engine, Node, Stats
-from ..models import LM, load
-from ..rewards import NoisyPRM, OraclePRM
+from ..core import check, pick_device
+from ..engine import Node, Stats
+from ..experiment import search_setup
+from ..models import LM
+from ..rewards import NoisyPRM
 from ..search.core import SearchConfig
 from ..search.registry import SEARCHES, search_many
 from ..tasks import Countdown
@@ -48,7 +49,7 @@ class PerPathGenerate:
                                           eos_token_id=self.stop_ids, pad_token_id=self.tok.pad_token_id)[0, path.shape[1]:].tolist()
                 child = Node(next(self._ids), node, ids, self.tok.decode(ids, skip_special_tokens=True), node.problem,
                              node.depth + 1, node.n_path + len(ids))
-                child.meta["eos"] = ids[-1] == self.tok.eos_token_id
+                child.eos = ids[-1] == self.tok.eos_token_id
                 node.children.append(child); kids.append(child)
                 self.stats.tokens_generated += len(ids); self.stats.forward_passes += len(ids); self.stats.model_calls += 1
             out.append(kids)
@@ -76,14 +77,14 @@ def bench_search(quick:bool=False,     # Small settings: < 2 minutes on 2 CPU co
                 ) -> dict:
     "Engine vs per-path generate, KV bytes vs their limits, every algorithm at budgets 4…64, and the papers' claims."
     dev = pick_device(device)
-    lm = load(policy or data_dir() / "models" / "countdown-policy", device=str(dev))
-    task, prm = Countdown(), OraclePRM()
+    task = Countdown()
     n_default, budgets, n_speed = (16, (4, 16), 3) if quick else (100, (4, 8, 16, 32, 64), 6)
     n = n or n_default
     check(n >= n_speed, f"n must be ≥ {n_speed}, got {n}")
     problems = task.problems("hard", n, seed)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    engine = Engine(lm, capacity_tokens=1 << 19)
+    setup = search_setup(policy or "countdown-policy", "oracle", task, problems, max(budgets), device=str(dev))
+    lm, prm, engine = setup.lm, setup.prm, setup.engine
     cuda = dev.type == "cuda"
     # 1. engine vs per-path generate, same beam search at width 16
     speed_probs, cfg16 = problems[:n_speed], SearchConfig(width=16, seed=seed)

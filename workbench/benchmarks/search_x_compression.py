@@ -6,8 +6,8 @@
 from __future__ import annotations
 import sys, time
 from pathlib import Path
-import numpy as np, torch
-from ..core import check, data_dir, pick_device
+import torch
+from ..core import check, model_dir, pick_device
 from ..explore.pareto import pareto_mask
 from ..explore.space import LayerSpec, layer_bits
 
@@ -23,7 +23,7 @@ def policy_at(bits:int, device=None, group_size:int=32):
     from workbench.prune.core import prunable_linears
     from workbench.quant.formats import QuantConfig
     from workbench.quant.quantize import quantize
-    with quiet_transformers(): lm = load(data_dir() / "models" / "countdown-policy", device)
+    with quiet_transformers(): lm = load(model_dir("countdown-policy"), device)
     lin = prunable_linears(lm.model)
     params = {id(p): p for p in lm.model.parameters()}
     other = sum(p.numel() for k, p in params.items() if k not in {id(m.weight) for m in lin.values()})
@@ -38,10 +38,10 @@ def bench_search_x_compression(quick:bool=False, n:int|None=None, device:str|Non
                                bits=None, widths=None, algorithms=None,
                                figure:str|Path|None="runs/search_x_compression.png") -> dict:
     "Accuracy, weight bytes, peak KV bytes and total memory for every (bits, width, algorithm); the equal-memory answer."
-    from workbench.engine import Engine
+    from workbench.experiment import search_setup
     from workbench.learned_prm import get_prm
     from workbench.search.core import SearchConfig
-    from workbench.search.registry import search_many
+    from workbench.search.registry import get_search
     from workbench.tasks import Countdown
     bits = tuple(bits or (16, 8, 4, 3)); widths = tuple(widths or ((1, 4, 16) if quick else (1, 4, 16, 64)))
     algorithms = tuple(algorithms or (("beam",) if quick else ("beam", "rebase")))
@@ -57,9 +57,9 @@ def bench_search_x_compression(quick:bool=False, n:int|None=None, device:str|Non
         lm, wbytes = policy_at(b, dev)
         for a in algorithms:
             for w in widths:
-                eng = Engine(lm, capacity_tokens=1 << 18, kv_bits=KV_BITS[b])
+                setup, cfg = search_setup(lm, prm, task, problems, w, kv_bits=KV_BITS[b]), SearchConfig(width=w, seed=seed)
                 t0 = time.time()
-                r = search_many(a, eng, prm, task, problems, SearchConfig(width=w, seed=seed), expand=min(4, w))
+                r = setup.many(a, cfg, **get_search(a).defaults(cfg))   # e.g. beam's expand = gcd(width, 4)
                 rows.append({"bits": b, "kv_bits": KV_BITS[b], "search": a, "width": w, "accuracy": r["accuracy"],
                              "weight_bytes": wbytes, "kv_peak_bytes": r["pool_peak_bytes"],
                              "total_bytes": wbytes + r["pool_peak_bytes"], "seconds": time.time() - t0})

@@ -5,8 +5,8 @@ cost the kernel."""
 
 # %% ../../nbs/64_bench_widgets.ipynb #3e0f38bd
 from __future__ import annotations
-import json, random, statistics, time
-from ..core import data_dir, pick_device
+import random, statistics, time
+from ..core import pick_device
 from ..widgets.live import widget_file
 
 # %% auto #0
@@ -78,16 +78,15 @@ def browser_fps(n_nodes:int=2000, batch:int=40, seconds:float=3.0) -> dict:
 # %% ../../nbs/64_bench_widgets.ipynb #36576e21
 def kernel_overhead(device:str|None=None, n:int=8, width:int=16, repeats:int=3, seed:int=0) -> dict:
     "Wall time of the same REBASE search without and with live widgets as listeners."
-    from workbench.engine import Engine
-    from workbench.models import load
+    from workbench.experiment import search_setup
     from workbench.rewards import OraclePRM
     from workbench.search.core import SearchConfig
     from workbench.search.rebase import rebase
     from workbench.tasks import Countdown
     from workbench.widgets.live import KVCacheMonitor, TreeExplorer, watch
-    lm = load(data_dir() / "models" / "countdown-policy", device=str(pick_device(device)))
-    task, engine = Countdown(), Engine(lm, capacity_tokens=1 << 17)
+    task = Countdown()
     probs, cfg = task.problems("hard", n, seed), SearchConfig(width=width, seed=seed)
+    engine = search_setup("countdown-policy", "oracle", task, probs, width, device=str(pick_device(device))).engine
     rebase(engine, OraclePRM(), task, probs, cfg)                           # warm-up
     plain, live, inside, events = [], [], [], 0
     for _ in range(repeats):

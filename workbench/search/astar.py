@@ -6,7 +6,7 @@
 from __future__ import annotations
 import heapq, itertools, math
 from ..core import check
-from .core import Recorder, SearchConfig, SearchResult
+from .core import Knob, Recorder, SearchConfig, SearchResult, SearchSpec, register_search
 
 # %% auto #0
 __all__ = ['path_cost', 'astar_decoding']
@@ -31,7 +31,7 @@ def astar_decoding(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
         for i in list(heaps):
             h = heaps[i]
             if not h or pops[i] >= cfg.width:                 # budget spent: keep the cheapest complete solution seen
-                done = [n for _, _, _, n in sorted(h) if n.meta.get("terminal")]
+                done = [n for _, _, _, n in sorted(h) if n.terminal]
                 if done: rec.finish(done[0])
                 for *_, n in h: engine.release(n)
                 del heaps[i]; continue
@@ -39,7 +39,7 @@ def astar_decoding(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
             f, _, _, node = heapq.heappop(h)
             pops[i] += 1
             rec.emit(t="pop", problem=i, node=node.id, f=f)
-            if node.meta.get("terminal"):                     # goal test on pop, as in A*
+            if node.terminal:                     # goal test on pop, as in A*
                 rec.finish(node)
                 for *_, n in h: engine.release(n)
                 engine.release(node); del heaps[i]; continue
@@ -50,6 +50,9 @@ def astar_decoding(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
         flat = [ch for group in kids for ch in group]
         rec.score(flat)
         for ch in flat:
-            ch.meta["f"] = path_cost(ch.meta["step_scores"])
-            heapq.heappush(heaps[ch.problem], (ch.meta["f"], -ch.depth, next(tie), ch))
+            heapq.heappush(heaps[ch.problem], (path_cost(ch.step_scores), -ch.depth, next(tie), ch))
     return rec.result(roots, pops=sum(pops.values()))
+
+register_search(SearchSpec("astar", astar_decoding,
+                           "best-first on f = -sum log PRM, k samples per pop, first complete solution (A*-decoding)",
+                           (Knob("expand", int, 4, "k: steps sampled per popped state", low=1),)))

@@ -5,12 +5,11 @@
 # %% ../../nbs/25_search_beam.ipynb #f825be13
 from __future__ import annotations
 import math
-from dataclasses import dataclass
 from ..core import check
-from .core import SearchConfig, SearchResult, step_search
+from .core import Knob, SearchConfig, SearchResult, SearchSpec, register_search, step_search
 
 # %% auto #0
-__all__ = ['top_k_allocation', 'beam_select', 'beam_search']
+__all__ = ['EXPAND', 'top_k_allocation', 'beam_select', 'beam_search', 'expand_divides_width']
 
 # %% ../../nbs/25_search_beam.ipynb #96098eed
 def top_k_allocation(scores:list[float], width:int, expand:int) -> list[int]:
@@ -26,10 +25,17 @@ def beam_select(expand:int):
     check(expand >= 1, f"expand (M) must be ≥ 1, got {expand}")
     def select(cands, remaining, depth, state):
         if depth == 0: return [remaining]
-        return top_k_allocation([c.meta["score"] for c in cands], remaining, expand)
+        return top_k_allocation([c.score for c in cands], remaining, expand)
     return select
 
 def beam_search(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), expand:int=4, on_event=None) -> SearchResult:
     "Step-level PRM beam search with N = `cfg.width` beams and M = `expand` expansions per kept beam."
-    check(cfg.width % expand == 0, f"width ({cfg.width}) must be a multiple of expand ({expand}), as in search-and-learn")
     return step_search(engine, prm, task, problems, beam_select(expand), cfg, "beam", on_event)
+
+def expand_divides_width(cfg:SearchConfig, knobs:dict):
+    "Validity check of beam search and DVTS: N/M beams (subtrees) of M, as in search-and-learn."
+    check(cfg.width % knobs["expand"] == 0, f"width ({cfg.width}) must be a multiple of expand ({knobs['expand']}), as in search-and-learn")
+
+EXPAND = Knob("expand", int, 4, "M: children of each kept beam (subtree) per step", fit=lambda cfg: math.gcd(cfg.width, 4), low=1)
+register_search(SearchSpec("beam", beam_search, "step-level beam search: top N/M by PRM, M expansions each (search-and-learn)",
+                           (EXPAND,), check=expand_divides_width))

@@ -5,10 +5,10 @@
 # %% ../../nbs/24_search_best_of_n.ipynb #d7e70eb4
 from __future__ import annotations
 from dataclasses import replace
-from .core import SearchConfig, SearchResult, step_search
+from .core import SearchConfig, SearchResult, SearchSpec, register_search, step_search
 
 # %% auto #0
-__all__ = ['best_of_n_select', 'best_of_n', 'majority_vote', 'weighted_vote']
+__all__ = ['best_of_n_select', 'best_of_n', 'majority_vote', 'weighted_vote', 'greedy', 'best_of_n_best']
 
 # %% ../../nbs/24_search_best_of_n.ipynb #fa854153
 def best_of_n_select(cands, remaining, depth, state):
@@ -27,3 +27,19 @@ def majority_vote(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), 
 def weighted_vote(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), on_event=None) -> SearchResult:
     "PRM-weighted majority vote over N independent solutions."
     return best_of_n(engine, prm, task, problems, replace(cfg, answer="weighted"), on_event)
+
+# %% ../../nbs/24_search_best_of_n.ipynb #b0e1a001
+def greedy(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), on_event=None) -> SearchResult:
+    "Greedy decoding, step by step (width 1, temperature 0): the no-search baseline."
+    return step_search(engine, prm, task, problems, best_of_n_select, replace(cfg, width=1, temperature=0.0), "greedy",
+                       on_event, score_partial=False)
+
+def best_of_n_best(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), on_event=None) -> SearchResult:
+    "Best-of-N with the naive rule: the single highest-scored solution."
+    return best_of_n(engine, prm, task, problems, replace(cfg, answer="best"), on_event)
+
+register_search(SearchSpec("greedy", greedy, "greedy decoding, one path (baseline)", reads_prm=False))
+register_search(SearchSpec("best-of-n", best_of_n_best, "N independent samples, highest aggregated PRM score"))
+register_search(SearchSpec("majority", majority_vote, "N independent samples, most frequent answer (self-consistency)",
+                           reads_prm=False))
+register_search(SearchSpec("weighted-majority", weighted_vote, "N independent samples, PRM-weighted majority vote"))

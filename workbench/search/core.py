@@ -5,17 +5,18 @@
 # %% ../../nbs/23_search.ipynb #179e6f62
 from __future__ import annotations
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field, asdict
 from typing import Callable
 import torch
 from ..core import WorkbenchError, check, derive_seed
-from ..engine import Engine, Node, ets_kv_metric
+from ..engine import Engine, Node, add_event, ets_kv_metric
 from ..rewards import PRM, aggregate
 from ..tasks import Task
 
 # %% auto #0
-__all__ = ['Select', 'SearchConfig', 'choose_answer', 'SearchResult', 'Recorder', 'step_search']
+__all__ = ['Select', 'SEARCHES', 'SearchConfig', 'choose_answer', 'SearchResult', 'Recorder', 'step_search', 'Knob', 'SearchSpec',
+           'register_search']
 
 # %% ../../nbs/23_search.ipynb #7aeb08b5
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class SearchConfig:
     seed: int = 0
     def __post_init__(self):
         check(self.width >= 1, f"width must be ≥ 1, got {self.width}")
+        check(self.temperature >= 0, f"temperature must be ≥ 0 (0 = greedy), got {self.temperature}")
+        check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        check(self.max_step_tokens >= 1 and self.max_depth >= 1, f"max_step_tokens and max_depth must be ≥ 1, got {self.max_step_tokens} and {self.max_depth}")
         check(self.answer in ("best", "vote", "weighted"), f"unknown answer rule {self.answer!r}: use best, vote or weighted")
         check(self.agg in ("last", "min", "prod", "mean"), f"unknown aggregation {self.agg!r}: use last, min, prod or mean")
 
@@ -55,18 +59,19 @@ def choose_answer(finished:list[tuple], # (answer, aggregated score, node) per f
 class SearchResult:
     "What one search over one or many problems returns."
     algorithm: str
-    config: dict
+    config: dict             # The `SearchConfig` it ran with, as a dict
     answers: list            # Chosen answer per problem (None if nothing finished)
     correct: list[bool]      # Exact check of the chosen solution per problem
     solutions: list[str]     # Chosen solution text per problem
     roots: list[Node] = field(repr=False)
     counters: dict = field(default_factory=dict)
     events: list[dict] = field(default_factory=list, repr=False)
+    knobs: dict = field(default_factory=dict)  # Every algorithm knob in effect (filled by `SearchSpec.run`)
     @property
     def accuracy(self) -> float: return sum(self.correct) / max(1, len(self.correct))
     def summary(self) -> dict:
-        "Accuracy and every counter, as one flat dict."
-        return {"algorithm": self.algorithm, "n": len(self.correct), "accuracy": self.accuracy, **self.counters}
+        "Accuracy, the knobs in effect and every counter, as one dict."
+        return {"algorithm": self.algorithm, "n": len(self.correct), "accuracy": self.accuracy, "knobs": self.knobs, **self.counters}
 
 # %% ../../nbs/23_search.ipynb #86b1ed20
 class Recorder:
@@ -75,12 +80,16 @@ class Recorder:
                  on_event:Callable[[dict], None]|None=None):
         check(len(problems) >= 1, "no problems to search")
         self.engine, self.prm, self.task, self.problems, self.cfg, self.name, self.on_event = engine, prm, task, problems, cfg, name, on_event
-        self.events, self.t0, self.prm_calls0 = [], time.time(), prm.calls
+        self.events, self.t0, self.prm_calls0 = [], time.time(), self.prm_calls()
         self.stats0 = (engine.stats.tokens_generated, engine.stats.forward_passes)
         engine.stats.pool_peak_bytes = engine.stats.naive_peak_bytes = engine.stats.unique_token_peak_bytes = 0
         self.finished = defaultdict(list)
         self.kv = {"kv_tokens_ets_metric": 0, "kv_tokens_with_prompt": 0, "kv_tokens_peak": 0}
         self.gen = torch.Generator(device="cpu").manual_seed(derive_seed(cfg.seed, name))
+
+    def prm_calls(self) -> int:
+        "PRM calls so far (0 without a PRM: a search that reads none may pass None)."
+        return 0 if self.prm is None else self.prm.calls
 
     def emit(self, **ev):
         self.events.append(ev)
@@ -90,8 +99,8 @@ class Recorder:
         "One root per problem (its prompt in the KV pool), announced as events."
         roots = [self.engine.add_root(self.task.prompt(p), problem=i) for i, p in enumerate(self.problems)]
         for r in roots:
-            r.meta.update(score=1.0, steps=[], step_scores=[])
-            self.emit(t="add", node=r.id, parent=None, problem=r.problem, depth=0, text=self.task.prompt(self.problems[r.problem]), tokens=len(r.tokens))
+            r.score = 1.0
+            self.emit(**add_event(r))
         return roots
 
     def count_kv(self, frontier:list[Node]):
@@ -105,23 +114,22 @@ class Recorder:
         cfg = self.cfg
         kids = self.engine.expand(requests, cfg.temperature, cfg.top_p, cfg.max_step_tokens, generator=self.gen)
         for ch in (ch for group in kids for ch in group):
-            ch.meta["steps"] = ch.parent.meta["steps"] + [ch.text.strip()]
-            ch.meta["terminal"] = bool(ch.meta.get("eos") or self.task.is_terminal(self.problems[ch.problem], ch.meta["steps"])
-                                       or ch.depth >= cfg.max_depth)
-            self.emit(t="add", node=ch.id, parent=ch.parent.id, problem=ch.problem, depth=ch.depth, text=ch.text, tokens=len(ch.tokens))
+            ch.steps = ch.parent.steps + [ch.text.strip()]
+            ch.terminal = bool(ch.eos or self.task.is_terminal(self.problems[ch.problem], ch.steps) or ch.depth >= cfg.max_depth)
+            self.emit(**add_event(ch))
         return kids
 
     def score(self, nodes:list[Node]):
-        "PRM scores of every step of each node's path, in one batch (`meta['step_scores']`, `meta['score']` = last)."
+        "PRM scores of every step of each node's path, in one batch (`step_scores`, and `score` = the last)."
         if not nodes: return
-        for n, sc in zip(nodes, self.prm.batch(self.task, [(self.problems[n.problem], n.meta["steps"]) for n in nodes])):
-            n.meta["step_scores"], n.meta["score"] = sc, (sc[-1] if sc else 0.0)
-            self.emit(t="score", node=n.id, score=n.meta["score"])
+        for n, sc in zip(nodes, self.prm.batch(self.task, [(self.problems[n.problem], n.steps) for n in nodes])):
+            n.step_scores, n.score = sc, (sc[-1] if sc else 0.0)
+            self.emit(t="score", node=n.id, score=n.score)
 
     def finish(self, node:Node):
         "Record a finished trajectory (its answer and aggregated score)."
-        sol = "\n".join(node.meta["steps"]) + "\n"
-        f = (self.task.answer(self.problems[node.problem], sol), aggregate(node.meta.get("step_scores", []), self.cfg.agg), node)
+        sol = "\n".join(node.steps) + "\n"
+        f = (self.task.answer(self.problems[node.problem], sol), aggregate(node.step_scores, self.cfg.agg), node)
         self.finished[node.problem].append(f)
         self.emit(t="finish", node=node.id, answer=f[0], score=f[1])
 
@@ -130,16 +138,20 @@ class Recorder:
         answers, correct, sols = [], [], []
         for i, p in enumerate(self.problems):
             a, node = choose_answer(self.finished[i], self.cfg.answer)
-            sol = "\n".join(node.meta["steps"]) + "\n" if node is not None else ""
+            sol = "\n".join(node.steps) + "\n" if node is not None else ""
             answers.append(a); sols.append(sol); correct.append(node is not None and self.task.is_correct(p, sol))
-            if node is not None: node.meta["selected"] = True; self.emit(t="answer", problem=i, node=node.id, answer=a)
+            if node is not None: node.selected = True; self.emit(t="answer", problem=i, node=node.id, answer=a)
+        return SearchResult(self.name, asdict(self.cfg), answers, correct, sols, roots, self.counters(**extra), self.events)
+
+    def counters(self, tree:bool=True, # False: the search ran outside the tree engine (no ETS KV metric, no unique-token limit)
+                 **extra) -> dict:
+        "The budget counters since the recorder started: engine and PRM use, KV, finished trajectories, wall time."
         s = self.engine.stats
-        counters = {"tokens_generated": s.tokens_generated - self.stats0[0], "forward_passes": s.forward_passes - self.stats0[1],
-                    "prm_calls": self.prm.calls - self.prm_calls0, **self.kv,
-                    "pool_peak_bytes": s.pool_peak_bytes, "naive_peak_bytes": s.naive_peak_bytes,
-                    "unique_token_limit_bytes": s.unique_token_peak_bytes,
-                    "finished": sum(len(f) for f in self.finished.values()), "wall_s": time.time() - self.t0, **extra}
-        return SearchResult(self.name, asdict(self.cfg), answers, correct, sols, roots, counters, self.events)
+        return {"tokens_generated": s.tokens_generated - self.stats0[0], "forward_passes": s.forward_passes - self.stats0[1],
+                "prm_calls": self.prm_calls() - self.prm_calls0, **(self.kv if tree else {}),
+                "pool_peak_bytes": s.pool_peak_bytes, "naive_peak_bytes": s.naive_peak_bytes,
+                **({"unique_token_limit_bytes": s.unique_token_peak_bytes} if tree else {}),
+                "finished": sum(len(f) for f in self.finished.values()), "wall_s": time.time() - self.t0, **extra}
 
 
 
@@ -147,7 +159,7 @@ class Recorder:
 Select = Callable[[list[Node], int, int, dict], list[int]]
 
 def step_search(engine:Engine, prm:PRM, task:Task, problems:list,
-                select:Select,              # The algorithm: candidates, remaining width, depth, state -> counts
+                select:Select,              # The algorithm: candidates, remaining width, depth, state (with the recorder) -> counts
                 cfg:SearchConfig,
                 name:str="search",          # Algorithm name in the result
                 on_event:Callable[[dict], None]|None=None,  # Receives every event as it happens
@@ -159,7 +171,7 @@ def step_search(engine:Engine, prm:PRM, task:Task, problems:list,
     rec = Recorder(engine, prm, task, problems, cfg, name, on_event)
     roots = rec.roots()
     frontier = {i: [r] for i, r in enumerate(roots)}
-    remaining, state = {i: cfg.width for i in frontier}, {i: {} for i in frontier}
+    remaining, state = {i: cfg.width for i in frontier}, {i: {"recorder": rec} for i in frontier}
     for depth in range(cfg.max_depth + 1):
         requests = []
         for i, cands in frontier.items():
@@ -168,7 +180,7 @@ def step_search(engine:Engine, prm:PRM, task:Task, problems:list,
             counts = select(cands, remaining[i], depth, state[i]) if depth < cfg.max_depth else [0] * len(cands)
             check(len(counts) == len(cands) and sum(counts) <= max(cfg.width, len(cands)),
                   f"{name}: select returned {counts} for {len(cands)} candidates and width {cfg.width}")
-            clusters = {c.id: c.meta["cluster"] for c in cands if c.meta.get("cluster") is not None}  # ETS colours them
+            clusters = {c.id: c.cluster for c in cands if c.cluster is not None}  # ETS colours them
             rec.emit(t="select", problem=i, depth=depth, counts={c.id: k for c, k in zip(cands, counts)}, **({"clusters": clusters} if clusters else {}))
             for c, k in zip(cands, counts):
                 if k > 0: requests.append((c, k)); rec.emit(t="keep", node=c.id, children=k)
@@ -180,11 +192,11 @@ def step_search(engine:Engine, prm:PRM, task:Task, problems:list,
             for c in cands:
                 if not c.released and not any(c is r for r, _ in requests): engine.release(c)
         flat = [ch for group in kids for ch in group]
-        rec.score([ch for ch in flat if score_partial or (ch.meta["terminal"] and score_finished)])
+        rec.score([ch for ch in flat if score_partial or (ch.terminal and score_finished)])
         new = {i: [] for i in frontier}
         for ch in flat:
-            ch.meta.setdefault("score", 1.0)  # unscored partial paths (best-of-N) rank equally
-            if ch.meta["terminal"]:
+            if ch.score is None: ch.score = 1.0  # unscored partial paths (best-of-N) rank equally
+            if ch.terminal:
                 rec.finish(ch); remaining[ch.problem] -= 1; engine.release(ch)
             else: new[ch.problem].append(ch)
         frontier = new
@@ -192,3 +204,80 @@ def step_search(engine:Engine, prm:PRM, task:Task, problems:list,
         for c in cands:
             if not c.released: engine.release(c)
     return rec.result(roots)
+
+# %% ../../nbs/23_search.ipynb #5e1a7c02
+@dataclass(frozen=True)
+class Knob:
+    "One setting of a search beyond `SearchConfig`: name, type, default and a help line."
+    name: str
+    type: type                 # int, float, str or bool: also a CLI option; other types (ETS' embedder) are Python-only
+    default: object = None
+    help: str = ""
+    fit: Callable[[SearchConfig], object]|None = None  # A default valid for configs where `default` fails the check
+    low: float|None = None     # Smallest allowed value (numbers) …
+    strict: bool = False       # … excluded (e.g. temperatures must be > 0)
+
+    def validate(self, value):
+        "Refuse a value outside the knob's range, saying what is allowed."
+        if value is None or self.low is None: return
+        ok = value > self.low if self.strict else value >= self.low
+        check(ok, f"{self.name} must be {'>' if self.strict else '≥'} {self.low:g}, got {value}")
+
+    @property
+    def plain(self) -> bool:
+        "A value the command line and JSON can carry."
+        return self.type in (int, float, str, bool)
+
+    def describe(self) -> str: return f"{self.name} ({self.type.__name__}, default {self.default!r})"
+
+    def record(self, value):
+        "`value` as the result records it: plain values as they are, objects by name."
+        return value if self.plain or value is None else getattr(value, "__qualname__", type(value).__name__)
+
+# %% ../../nbs/23_search.ipynb #5e1a7c03
+@dataclass(frozen=True)
+class SearchSpec:
+    "A search algorithm as the registry knows it: its function, doc, knobs, whether it reads a PRM, its validity check."
+    name: str
+    fn: Callable                # fn(engine, prm, task, problems, cfg, on_event=None, **knobs) -> SearchResult
+    doc: str                    # One line for `search --list`
+    knobs: tuple[Knob, ...] = ()
+    reads_prm: bool = True      # False: its answer reads no reward (greedy, a plain vote, diverse beam)
+    check: Callable[[SearchConfig, dict], None]|None = None  # Raises `WorkbenchError` when `cfg` and the knobs do not go together
+
+    @property
+    def knob_names(self) -> list[str]: return [k.name for k in self.knobs]
+
+    def describe_knobs(self) -> str:
+        return f"its knobs: {', '.join(k.describe() for k in self.knobs)}" if self.knobs else "it takes no knobs"
+
+    def knobs_in_effect(self, cfg:SearchConfig, **given) -> dict:
+        "Every knob's value (the given one, else the default), checked against `cfg`; an unknown knob is an error."
+        bad = [k for k in given if k not in self.knob_names]
+        check(not bad, f"search {self.name} has no knob {', '.join(map(repr, bad))}: {self.describe_knobs()}")
+        out = {k.name: given.get(k.name, k.default) for k in self.knobs}
+        for k in self.knobs: k.validate(out[k.name])
+        if self.check is not None: self.check(cfg, out)
+        return out
+
+    def defaults(self, cfg:SearchConfig) -> dict:
+        "Every knob's default for `cfg`: a knob's `fit` replaces a default that fails the check (e.g. beam's expand at width 2)."
+        out = {k.name: k.default for k in self.knobs}
+        if self.check is None: return out
+        try: self.check(cfg, out)
+        except WorkbenchError: out.update({k.name: k.fit(cfg) for k in self.knobs if k.fit is not None})
+        return out
+
+    def run(self, engine, prm, task, problems, cfg:SearchConfig, on_event=None, **given) -> SearchResult:
+        "Run the search with the knobs in effect; they are recorded in `result.knobs`."
+        knobs = self.knobs_in_effect(cfg, **given)
+        res = self.fn(engine, prm, task, problems, cfg, on_event=on_event, **knobs)
+        res.knobs = {k.name: k.record(knobs[k.name]) for k in self.knobs}
+        return res
+
+SEARCHES: dict[str, SearchSpec] = {}
+
+def register_search(spec:SearchSpec) -> SearchSpec:
+    "Add `spec` to `SEARCHES` (an algorithm's notebook calls this next to its function)."
+    SEARCHES[spec.name] = spec
+    return spec

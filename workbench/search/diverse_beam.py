@@ -4,11 +4,11 @@
 
 # %% ../../nbs/27e_search_diverse_beam.ipynb #2c4f825a
 from __future__ import annotations
-import time
+from dataclasses import asdict
 import torch
 from transformers import DynamicCache
 from ..core import check
-from .core import SearchConfig, SearchResult
+from .core import Knob, Recorder, SearchConfig, SearchResult, SearchSpec, register_search
 
 # %% auto #0
 __all__ = ['diverse_beam_decode', 'distinct_n', 'diverse_beam']
@@ -84,16 +84,24 @@ def diverse_beam(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
     lm, B = engine.lm, cfg.width
     G = groups or B
     check(B % G == 0, f"groups ({G}) must divide the beams ({B})")
-    t0, tokens, passes, correct, oracle, answers, sols, dist, peak = time.time(), 0, 0, [], [], [], [], [], 0
+    rec, s = Recorder(engine, prm, task, problems, cfg, "diverse-beam", on_event), engine.stats
+    correct, oracle, answers, sols, dist = [], [], [], [], []
     for i, p in enumerate(problems):
         ids = lm.tokenizer(task.prompt(p))["input_ids"]
         hyps, n = diverse_beam_decode(lm.model, ids, B, G, penalty, max_new_tokens, lm.tokenizer.eos_token_id)
         outs = [lm.tokenizer.decode(h[0], skip_special_tokens=True) for h in hyps]
-        tokens += B * (n - 1); passes += n; peak = max(peak, B * (len(ids) + n) * engine.pool.bytes_per_token)
+        # it runs outside the tree engine: its B per-beam caches count in the engine's counters
+        s.tokens_generated += B * (n - 1); s.forward_passes += n
+        s.pool_peak_bytes = s.naive_peak_bytes = max(s.pool_peak_bytes, B * (len(ids) + n) * engine.pool.bytes_per_token)
         answers.append(task.answer(p, outs[0])); sols.append(outs[0]); correct.append(task.is_correct(p, outs[0]))
         oracle.append(any(task.is_correct(p, o) for o in outs)); dist.append(distinct_n(outs))
-        if on_event: on_event({"t": "answer", "problem": i, "answer": answers[-1], "beams": outs})
-    counters = {"tokens_generated": tokens, "forward_passes": passes, "prm_calls": 0, "pool_peak_bytes": peak,
-                "naive_peak_bytes": peak, "oracle_accuracy": sum(oracle) / len(problems),
-                "distinct_2": sum(dist) / len(dist), "finished": B * len(problems), "wall_s": time.time() - t0}
-    return SearchResult("diverse-beam", {**cfg.__dict__, "groups": G, "penalty": penalty}, answers, correct, sols, [], counters)
+        rec.emit(t="answer", problem=i, answer=answers[-1], beams=outs)
+    counters = rec.counters(tree=False, finished=B * len(problems), oracle_accuracy=sum(oracle) / len(problems),
+                            distinct_2=sum(dist) / len(dist))
+    return SearchResult("diverse-beam", asdict(cfg), answers, correct, sols, [], counters, rec.events)
+
+register_search(SearchSpec("diverse-beam", diverse_beam,
+                           "token-level beam search in G groups with a Hamming diversity penalty (no PRM)", (
+    Knob("groups", int, None, "G: beam groups (None: G = width)", low=1),
+    Knob("penalty", float, 0.5, "λ: Hamming diversity penalty", low=0),
+    Knob("max_new_tokens", int, 96, "tokens per beam", low=1)), reads_prm=False))

@@ -4,8 +4,8 @@
 
 # %% ../../nbs/26_search_dvts.ipynb #c281fd6e
 from __future__ import annotations
-from ..core import check
-from .core import SearchConfig, SearchResult, step_search
+from .beam import EXPAND, expand_divides_width
+from .core import SearchConfig, SearchResult, SearchSpec, register_search, step_search
 
 # %% auto #0
 __all__ = ['dvts_select', 'dvts']
@@ -16,20 +16,23 @@ def dvts_select(expand:int, width:int):
     n_sub = max(1, width // expand)
     def select(cands, remaining, depth, state):
         if depth == 0: return [width]
+        sub = state.setdefault("subtree", {})   # node -> its subtree
         if depth == 1:  # deal the root's first samples (finished ones included) round-robin into subtrees
-            for j, c in enumerate(cands[0].parent.children): c.meta["subtree"] = j % n_sub
+            for j, c in enumerate(cands[0].parent.children): sub[c] = j % n_sub
         for c in cands:
-            if "subtree" not in c.meta: c.meta["subtree"] = c.parent.meta["subtree"]
+            if c not in sub: sub[c] = sub[c.parent]
         counts = [0] * len(cands)
-        for t in {c.meta["subtree"] for c in cands}:
+        for t in {sub[c] for c in cands}:
             # all of this subtree's samples at this depth, finished ones too: a finished best ends the subtree
-            sibs = [s for c in cands if c.meta["subtree"] == t for s in c.parent.children if s.meta.get("subtree", t) == t]
-            best = max(dict.fromkeys(sibs), key=lambda s: s.meta["score"])
-            if not best.meta.get("terminal"): counts[cands.index(best)] = expand
+            sibs = [s for c in cands if sub[c] == t for s in c.parent.children if sub.get(s, t) == t]
+            best = max(dict.fromkeys(sibs), key=lambda s: s.score)
+            if not best.terminal: counts[cands.index(best)] = expand
         return counts
     return select
 
 def dvts(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), expand:int=4, on_event=None) -> SearchResult:
     "DVTS with N = `cfg.width` and M = `expand`: N/M independent greedy-by-PRM subtrees."
-    check(cfg.width % expand == 0, f"width ({cfg.width}) must be a multiple of expand ({expand})")
     return step_search(engine, prm, task, problems, dvts_select(expand, cfg.width), cfg, "dvts", on_event, width_accounting=False)
+
+register_search(SearchSpec("dvts", dvts, "N/M independent greedy-by-PRM subtrees (diverse verifier tree search)",
+                           (EXPAND,), check=expand_divides_width))

@@ -13,8 +13,8 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import lil_matrix
 from ..core import check
-from .core import SearchConfig, SearchResult, step_search
-from .rebase import rebase_allocation
+from .core import Knob, SearchConfig, SearchResult, SearchSpec, register_search, step_search
+from .rebase import SOFTMAX_T, rebase_allocation
 
 # %% auto #0
 __all__ = ['mean_pooled', 'policy_embedder', 'sentence_embedder', 'semantic_clusters', 'ets_keep', 'ets_select', 'ets']
@@ -106,7 +106,7 @@ def ets_select(temperature:float=0.2, lambda_c:float=1.0, lambda_s:float=1.5,
     check(lambda_s == 0 or embed is not None, "λs > 0 needs a step embedder (policy_embedder(lm) or sentence_embedder(dir))")
     stats = {} if stats is None else stats
     def select(cands, remaining, depth, state):
-        scores = [c.meta["score"] for c in cands]
+        scores = [c.score for c in cands]
         if len(cands) == 1: return [remaining]
         n = rebase_allocation(scores, remaining, temperature)
         O = [k / max(1, sum(n)) for k in n]
@@ -117,7 +117,7 @@ def ets_select(temperature:float=0.2, lambda_c:float=1.0, lambda_s:float=1.5,
         stats["solver_s"] = stats.get("solver_s", 0.0) + time.perf_counter() - t0
         stats["solver_calls"] = stats.get("solver_calls", 0) + 1
         stats["kept"] = stats.get("kept", 0) + sum(keep); stats["pruned"] = stats.get("pruned", 0) + len(keep) - sum(keep)
-        for c, l in zip(cands, labels or [None] * len(cands)): c.meta["cluster"] = l
+        for c, l in zip(cands, labels or [None] * len(cands)): c.cluster = l
         kept = [i for i, k in enumerate(keep) if k]
         counts = [0] * len(cands)
         for i, m in zip(kept, rebase_allocation([scores[i] for i in kept], remaining, temperature)): counts[i] = m
@@ -129,7 +129,7 @@ def ets(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
         lambda_c:float=1.0,      # λc: cost of retained nodes (KV)
         lambda_s:float=1.5,      # λs: bonus for covering semantic clusters
         embed=None,              # Step embedder; default: the policy's mean hidden state
-        cluster_threshold:float=0.05,
+        cluster_threshold:float=0.05, # Cosine-distance cut of the step clusters
         on_event=None) -> SearchResult:
     "ETS tree search; the result's counters add the solver time and the kept/pruned candidate counts."
     stats = {}
@@ -139,3 +139,10 @@ def ets(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
     res.counters.update(solver_s=stats.get("solver_s", 0.0), solver_calls=stats.get("solver_calls", 0),
                         ets_kept=stats.get("kept", 0), ets_pruned=stats.get("pruned", 0))
     return res
+
+register_search(SearchSpec("ets", ets, "REBASE with an integer program keeping few nodes and many meanings (ETS)", (
+    SOFTMAX_T,
+    Knob("lambda_c", float, 1.0, "λc: weight of the retained-node (KV) cost", low=0),
+    Knob("lambda_s", float, 1.5, "λs: weight of the semantic-coverage bonus", low=0),
+    Knob("embed", Callable, None, "step embedder texts -> array; None: the policy's mean hidden state (Python only)"),
+    Knob("cluster_threshold", float, 0.05, "cosine-distance cut of the step clusters", low=0))))

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math
 from ..core import check
-from .core import Recorder, SearchConfig, SearchResult
+from .core import Knob, Recorder, SearchConfig, SearchResult, SearchSpec, register_search
 
 # %% auto #0
 __all__ = ['uct_child', 'mcts']
@@ -14,9 +14,9 @@ __all__ = ['uct_child', 'mcts']
 # %% ../../nbs/27b_search_mcts.ipynb #631df28f
 def uct_child(node, w_exp:float=1.0):
     "The child of `node` that MCTS descends to: max of Q + w_exp · sqrt(ln N(parent) / max(1, N(child)))."
-    N = node.meta["visits"]
-    def q(c): return c.meta["value_sum"] / c.meta["visits"] if c.meta["visits"] else c.meta["score"]
-    return max(node.children, key=lambda c: q(c) + w_exp * math.sqrt(math.log(max(1, N)) / max(1, c.meta["visits"])))
+    N = node.visits
+    def q(c): return c.value_sum / c.visits if c.visits else c.score
+    return max(node.children, key=lambda c: q(c) + w_exp * math.sqrt(math.log(max(1, N)) / max(1, c.visits)))
 
 # %% ../../nbs/27b_search_mcts.ipynb #4fadd001
 def mcts(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
@@ -29,40 +29,39 @@ def mcts(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
     check(final in ("answer", "visits"), f"unknown final rule {final!r}: use answer or visits")
     rec = Recorder(engine, prm, task, problems, cfg, "mcts", on_event)
     roots = rec.roots()
-    for r in roots: r.meta.update(visits=0, value_sum=0.0)
     def grow(requests):
         "Expand (node, k) requests in one batch; score the children; return them per request."
         kids = rec.expand(requests)
         flat = [ch for g in kids for ch in g]
         rec.score(flat)
-        for ch in flat: ch.meta.update(visits=0, value_sum=0.0)
         return kids
+    done = set()                                               # leaves whose rollout was recorded
     for it in range(cfg.width):
         leaves = []
         for r in roots:                                        # selection
             n = r
-            while n.children and not n.meta.get("terminal"): n = uct_child(n, w_exp)
+            while n.children and not n.terminal: n = uct_child(n, w_exp)
             leaves.append(n)
         cursor = {}
-        todo = [n for n in leaves if not n.meta.get("terminal")]
+        todo = [n for n in leaves if not n.terminal]
         if todo: rec.count_kv(todo)
         for n, g in zip(todo, grow([(n, expand) for n in todo])):   # expansion
-            cursor[n.problem] = max(g, key=lambda c: c.meta["score"])
+            cursor[n.problem] = max(g, key=lambda c: c.score)
         for n in leaves:
-            if n.meta.get("terminal"): cursor[n.problem] = n
+            if n.terminal: cursor[n.problem] = n
         while True:                                            # simulation ('max'): follow the best of k samples
-            walk = [c for c in cursor.values() if not c.meta.get("terminal")]
+            walk = [c for c in cursor.values() if not c.terminal]
             if not walk: break
-            for c, g in zip(walk, grow([(c, expand) for c in walk])): cursor[c.problem] = max(g, key=lambda x: x.meta["score"])
+            for c, g in zip(walk, grow([(c, expand) for c in walk])): cursor[c.problem] = max(g, key=lambda x: x.score)
         for end in cursor.values():                            # backpropagation
-            if not end.meta.get("finished"): end.meta["finished"] = True; rec.finish(end)
-            R = end.meta["score"]
-            for n in end.path(): n.meta["visits"] += 1; n.meta["value_sum"] += R
+            if end not in done: done.add(end); rec.finish(end)
+            R = end.score
+            for n in end.path(): n.visits += 1; n.value_sum += R
             rec.emit(t="backup", problem=end.problem, node=end.id, reward=R, iteration=it)
     if final == "visits":                                      # most-visited path, then its answer alone counts
         for r in roots:
             n = r
-            while n.children: n = max(n.children, key=lambda c: (c.meta["visits"], c.meta["score"]))
+            while n.children: n = max(n.children, key=lambda c: (c.visits, c.score))
             rec.finished[r.problem] = [f for f in rec.finished[r.problem] if f[2] is n] or rec.finished[r.problem][:0]
     res = rec.result(roots, iterations=cfg.width)
     stack = list(roots)                                        # the search is over: release the whole tree
@@ -70,3 +69,8 @@ def mcts(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
         n = stack.pop(); stack += n.children
         if not n.released: engine.release(n)
     return res
+
+register_search(SearchSpec("mcts", mcts, "UCT over steps, PRM fast reward, max-rollouts, N iterations (MCTS)", (
+    Knob("expand", int, 4, "children sampled per expansion and per simulation step", low=1),
+    Knob("w_exp", float, 1.0, "exploration weight of UCT", low=0),
+    Knob("final", str, "answer", "answer: the answer rule over all rollouts; visits: the most-visited path"))))

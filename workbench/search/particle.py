@@ -6,7 +6,7 @@
 from __future__ import annotations
 import numpy as np
 from ..core import check, derive_seed
-from .core import SearchConfig, SearchResult, step_search
+from .core import Knob, SearchConfig, SearchResult, SearchSpec, register_search, step_search
 
 # %% auto #0
 __all__ = ['particle_weights', 'particle_select', 'particle_filter']
@@ -27,7 +27,7 @@ def particle_select(temperature:float=1.0, seed:int=0):
     def select(cands, remaining, depth, state):
         if "rng" not in state: state["rng"] = np.random.default_rng(derive_seed(seed, "particles", cands[0].problem))
         if depth == 0: return [remaining]                               # N particles start from the prompt
-        w = particle_weights([c.meta["score"] for c in cands], temperature)
+        w = particle_weights([c.score for c in cands], temperature)
         return state["rng"].multinomial(remaining, w).tolist()
     return select
 
@@ -37,3 +37,6 @@ def particle_filter(engine, prm, task, problems, cfg:SearchConfig=SearchConfig()
     "Particle filtering with N = `cfg.width` particles (Puri et al.)."
     check(particle_temperature > 0, f"particle temperature must be > 0, got {particle_temperature}")
     return step_search(engine, prm, task, problems, particle_select(particle_temperature, cfg.seed), cfg, "particle-filter", on_event)
+
+register_search(SearchSpec("particle-filter", particle_filter, "N particles resampled by softmax(PRM / T) every step (Puri et al.)",
+                           (Knob("particle_temperature", float, 1.0, "T of the resampling softmax", low=0, strict=True),)))

@@ -6,10 +6,10 @@
 from __future__ import annotations
 import math
 from ..core import check
-from .core import SearchConfig, SearchResult, step_search
+from .core import Knob, SearchConfig, SearchResult, SearchSpec, register_search, step_search
 
 # %% auto #0
-__all__ = ['rebase_allocation', 'rebase_select', 'rebase']
+__all__ = ['SOFTMAX_T', 'rebase_allocation', 'rebase_select', 'rebase']
 
 # %% ../../nbs/27_search_rebase.ipynb #32783509
 def rebase_allocation(scores:list[float], # PRM scores of the candidates
@@ -32,9 +32,12 @@ def rebase_allocation(scores:list[float], # PRM scores of the candidates
 def rebase_select(temperature:float=0.2):
     "Select rule of REBASE."
     def select(cands, remaining, depth, state):
-        return rebase_allocation([c.meta["score"] for c in cands], remaining, temperature)
+        return rebase_allocation([c.score for c in cands], remaining, temperature)
     return select
 
 def rebase(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), softmax_temperature:float=0.2, on_event=None) -> SearchResult:
     "REBASE tree search: the remaining width is split by softmax(score / T) at every depth."
     return step_search(engine, prm, task, problems, rebase_select(softmax_temperature), cfg, "rebase", on_event)
+
+SOFTMAX_T = Knob("softmax_temperature", float, 0.2, "T of the softmax allocation of the width", low=0, strict=True)
+register_search(SearchSpec("rebase", rebase, "width split across candidates by softmax(score / T) (REBASE)", (SOFTMAX_T,)))

@@ -4,62 +4,35 @@
 
 # %% ../../nbs/29_search_registry.ipynb #326c9269
 from __future__ import annotations
-import inspect
-from dataclasses import replace
+import importlib, pkgutil
 from ..core import check
-from .core import SearchConfig, SearchResult, step_search
-from .best_of_n import best_of_n, best_of_n_select, majority_vote, weighted_vote
-from .beam import beam_search
-from .dvts import dvts
-from .rebase import rebase
-from .ets import ets
-from .mcts import mcts
-from .astar import astar_decoding
-from .particle import particle_filter
-from .diverse_beam import diverse_beam
+from .core import SEARCHES, SearchConfig, SearchResult, SearchSpec
 
 # %% auto #0
-__all__ = ['SEARCHES', 'PEAKS', 'MEANS', 'greedy', 'best_of_n_best', 'search_knobs', 'run_search', 'search_many']
+__all__ = ['PEAKS', 'MEANS', 'get_search', 'search_knobs', 'run_search', 'search_many']
 
 # %% ../../nbs/29_search_registry.ipynb #5c2ea86d
-def greedy(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), on_event=None) -> SearchResult:
-    "Greedy decoding, step by step (width 1, temperature 0): the no-search baseline."
-    return step_search(engine, prm, task, problems, best_of_n_select, replace(cfg, width=1, temperature=0.0), "greedy",
-                       on_event, score_partial=False)
+# each algorithm module registers its searches on import (the package by name: `workbench.search` may be the function)
+for _m in pkgutil.iter_modules(importlib.import_module("workbench.search").__path__):
+    if _m.name != "registry": importlib.import_module(f"workbench.search.{_m.name}")
 
-def best_of_n_best(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), on_event=None) -> SearchResult:
-    "Best-of-N with the naive rule: the single highest-scored solution."
-    return best_of_n(engine, prm, task, problems, replace(cfg, answer="best"), on_event)
-
-SEARCHES = {
-    "greedy": (greedy, "greedy decoding, one path (baseline)"),
-    "best-of-n": (best_of_n_best, "N independent samples, highest aggregated PRM score"),
-    "majority": (majority_vote, "N independent samples, most frequent answer (self-consistency)"),
-    "weighted-majority": (weighted_vote, "N independent samples, PRM-weighted majority vote"),
-    "beam": (beam_search, "step-level beam search: top N/M by PRM, M expansions each (search-and-learn)"),
-    "dvts": (dvts, "N/M independent greedy-by-PRM subtrees (diverse verifier tree search)"),
-    "rebase": (rebase, "width split across candidates by softmax(score / T) (REBASE)"),
-    "ets": (ets, "REBASE with an integer program keeping few nodes and many meanings (ETS)"),
-    "particle-filter": (particle_filter, "N particles resampled by softmax(PRM / T) every step (Puri et al.)"),
-    "astar": (astar_decoding, "best-first on f = -sum log PRM, k samples per pop, first complete solution (A*-decoding)"),
-    "mcts": (mcts, "UCT over steps, PRM fast reward, max-rollouts, N iterations (MCTS)"),
-    "diverse-beam": (diverse_beam, "token-level beam search in G groups with a Hamming diversity penalty (no PRM)"),
-}
+def get_search(name:str # A key of `SEARCHES`
+              ) -> SearchSpec:
+    "The registered search called `name`."
+    check(name in SEARCHES, f"unknown search algorithm {name!r}: use one of {', '.join(SEARCHES)}")
+    return SEARCHES[name]
 
 def search_knobs(name:str) -> dict:
-    "The algorithm-specific keyword arguments of search `name` and their defaults."
-    skip = {"engine", "prm", "task", "problems", "cfg", "on_event"}
-    return {k: p.default for k, p in inspect.signature(SEARCHES[name][0]).parameters.items() if k not in skip}
+    "The knobs of search `name` and their defaults."
+    return {k.name: k.default for k in get_search(name).knobs}
 
 def run_search(name:str,          # A key of `SEARCHES`
                engine, prm, task, problems,
                cfg:SearchConfig,
                on_event=None,
                **knobs) -> SearchResult:
-    "Run the search called `name`; of `knobs` (expand, softmax_temperature, lambda_c, …) it takes those it has."
-    check(name in SEARCHES, f"unknown search algorithm {name!r}: use one of {', '.join(SEARCHES)}")
-    own = search_knobs(name)
-    return SEARCHES[name][0](engine, prm, task, problems, cfg, on_event=on_event, **{k: v for k, v in knobs.items() if k in own})
+    "Run the search called `name` with `knobs` (expand, softmax_temperature, …); a knob it does not take is an error."
+    return get_search(name).run(engine, prm, task, problems, cfg, on_event=on_event, **knobs)
 
 # %% ../../nbs/29_search_registry.ipynb #0ab7d3d2
 PEAKS = ("pool_peak_bytes", "naive_peak_bytes", "unique_token_limit_bytes", "kv_tokens_peak")
@@ -67,15 +40,16 @@ MEANS = ("oracle_accuracy", "distinct_2")   # per-problem averages: weighted by 
 
 def search_many(name:str, engine, prm, task, problems:list, cfg:SearchConfig,
                 chunk:int=25,   # Problems searched at once
-                quiet:bool=True, **kw) -> dict:
-    "Search `problems` chunk by chunk; accuracy and merged counters as one dict."
+                quiet:bool=True, on_event=None, **knobs) -> dict:
+    "Search `problems` chunk by chunk; accuracy, the config and knobs in effect, and merged counters as one dict."
     from tqdm.auto import tqdm
     check(chunk >= 1, f"chunk must be ≥ 1, got {chunk}")
     total, correct = {}, []
     for i in tqdm(range(0, len(problems), chunk), desc=name, disable=quiet):
-        r = run_search(name, engine, prm, task, problems[i:i + chunk], cfg, **kw)
+        r = run_search(name, engine, prm, task, problems[i:i + chunk], cfg, on_event, **knobs)
         correct += r.correct
         for k, v in r.counters.items():
             if k in MEANS: v *= len(r.correct) / len(problems)
             total[k] = max(total.get(k, 0), v) if k in PEAKS else total.get(k, 0) + v
-    return {"algorithm": name, "n": len(problems), "width": cfg.width, "accuracy": sum(correct) / len(problems), **total}
+    return {"algorithm": name, "n": len(problems), "width": cfg.width, "accuracy": sum(correct) / len(problems),
+            "config": r.config, "knobs": r.knobs, **total}
