@@ -15,6 +15,18 @@ def run_cli(*args, cwd=None, timeout=600):
     return p.returncode, p.stdout, p.stderr
 
 
+def assert_clean_error(rc, out, err, *needles):
+    "Refused as promised: exit 2, one `error:` line naming `needles`, no traceback; stdout empty or {'error': that message}."
+    import json
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in err, err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert len(lines[0]) < 600, f"an error line of {len(lines[0])} characters"
+    for n in needles: assert n in lines[0], (n, lines[0])
+    if out.strip(): assert json.loads(out) == {"error": lines[0][len("error: "):]}, out
+
+
 def need_chromium():
     "Skip a browser test without Debian's Chromium, or fail when the run must be complete (`make test` sets WORKBENCH_REQUIRE_BROWSER=1)."
     from workbench.browser import CHROMIUM

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 import pytest
-from conftest import POLICY, TEXT_LM, run_cli
+from conftest import POLICY, TEXT_LM, assert_clean_error, run_cli
 
 
 @dataclass
@@ -58,24 +58,12 @@ def snapshot(d: Path) -> dict:
     return {str(p.relative_to(d)): p.stat().st_size for p in d.rglob("*")}
 
 
-def assert_refused(rc, out, err, as_json, needles):
-    assert rc == 2, (rc, out, err)
-    assert "Traceback" not in err, err
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert len(lines[0]) < 600, f"error line of {len(lines[0])} characters"
-    for n in needles: assert n in lines[0], (n, lines[0])
-    if as_json and out.strip():                       # --json: nothing, or exactly one object naming the error
-        obj = json.loads(out)
-        assert set(obj) == {"error"} and obj["error"] in lines[0], out
-    else: assert out == "", out
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_refused_cleanly(case, tmp_path):
     args = [str(a) for a in case.args(tmp_path)]
     before = snapshot(tmp_path)
     rc, out, err = run_cli(*args, "--json", cwd=tmp_path)
-    assert_refused(rc, out, err, True, case.needles)
+    assert_clean_error(rc, out, err, *case.needles)
+    assert out.strip(), "--json: the error is also one JSON object on stdout"
     assert snapshot(tmp_path) == before, "the refused command wrote files"
     assert not os.path.exists("/proc/workbench-out")

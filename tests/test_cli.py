@@ -1,18 +1,8 @@
 "The `workbench` CLI end to end: JSON on stdout, one-line errors with exit code 2, nothing written on bad input."
 import json
-from pathlib import Path
 import pytest
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from conftest import POLICY, TEXT_LM, run_cli
-
-
-def assert_clean_error(rc, out, err, *needles):
-    assert rc == 2, (rc, out, err)
-    assert out == "" and "Traceback" not in err
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for n in needles: assert n in lines[0], (n, lines[0])
+from conftest import POLICY, TEXT_LM, assert_clean_error, run_cli
 
 
 def test_help_lists_commands():

@@ -1,6 +1,5 @@
 "`workbench search` and `workbench bench search` end to end, and their bad-input errors."
-import copy, json
-from pathlib import Path
+import json
 import pytest
 from safetensors.torch import load_file, save_file
 from conftest import POLICY, run_cli
@@ -30,7 +29,7 @@ def test_search_list():
     (["search", "beam", "--width", "6", "--expand", "4"], ["multiple of expand"]),
     (["search", "beam", "--prm", "learned", "--prm-path", "no/such/prm"], ["does not exist"]),
     (["search", "ets", "--lambda-c", "-1"], ["must be ≥ 0"]),
-    (["search", "mcts", "--w-exp", "-0.5"], ["w_exp ≥ 0"]),
+    (["search", "mcts", "--w-exp", "-0.5"], ["w_exp must be ≥ 0"]),
     (["search", "particle-filter", "--particle-temperature", "0"], ["must be > 0"]),
     (["search", "diverse-beam", "--width", "6", "--groups", "4"], ["must divide"]),
     (["search", "beam", "--lambda-c", "3"], ["search beam has no knob 'lambda_c'", "its knobs: expand (int, default 4)"]),

@@ -1,7 +1,7 @@
 "Property-based checks of the task verifiers (hypothesis)."
 import random
 from hypothesis import given, settings, strategies as st
-from workbench.tasks import ArithmeticChain, Countdown, CountdownProblem, countdown_reachable, split_of, SPLIT_BUCKETS, bucket_of
+from workbench.tasks import ArithmeticChain, Countdown, countdown_reachable, split_of
 
 cd, ch = Countdown(), ArithmeticChain()
 
