@@ -47,6 +47,13 @@ CASES = [
     Case("eval prompt longer than the model's positions",
          lambda d: ["eval", POLICY, "--task", "chain", "--task-file", write(d / "c.jsonl", json.dumps({"start": 1, "ops": ["+1"] * 10_000}) + "\n"),
                     "--n", "1", "--k", "1"], ("longer than the model's 256 positions",)),
+    Case("search width 10^9 (a pool that cannot fit)", lambda d: ["search", "best-of-n", "--width", "1000000000", "--n", "2"], ("GiB is free",)),
+    Case("search capacity 10^12 tokens", lambda d: ["search", "best-of-n", "--capacity-tokens", "1000000000000", "--n", "2"], ("GiB is free",)),
+    Case("search temperature -1 (before loading)", lambda d: ["search", "beam", "--temperature", "-1", "--n", "2"], ("temperature must be ≥ 0",)),
+    Case("search chunk 0 (before loading)", lambda d: ["search", "beam", "--chunk", "0", "--n", "2"], ("chunk", "must be ≥ 1")),
+    Case("beam expand 0", lambda d: ["search", "beam", "--expand", "0", "--n", "2"], ("expand must be ≥ 1",)),
+    Case("bench search --n 0 is not turned into 16", lambda d: ["bench", "search", "--quick", "--n", "0"], ("--n must be ≥ 1",)),
+    Case("lab on port 70000", lambda d: ["lab", "--port", "70000", "--no-browser"], ("65535",)),
     # output folders that cannot be written are refused before the work
     Case("train into an unwritable folder", lambda d: ["train", "policy", "--out", "/proc/workbench-out", "--steps", "2"], ("cannot be written",)),
     Case("train into a path under a file", lambda d: ["train", "text", "--out", write(d / "f", "") / "out", "--steps", "2"], ("is a file",)),
@@ -62,8 +69,9 @@ def snapshot(d: Path) -> dict:
 def test_refused_cleanly(case, tmp_path):
     args = [str(a) for a in case.args(tmp_path)]
     before = snapshot(tmp_path)
-    rc, out, err = run_cli(*args, "--json", cwd=tmp_path)
+    json_flag = [] if args[0] == "lab" else ["--json"]       # lab prints no result, so it takes no --json
+    rc, out, err = run_cli(*args, *json_flag, cwd=tmp_path)
     assert_clean_error(rc, out, err, *case.needles)
-    assert out.strip(), "--json: the error is also one JSON object on stdout"
+    assert bool(out.strip()) == bool(json_flag), "--json: the error is also one JSON object on stdout"
     assert snapshot(tmp_path) == before, "the refused command wrote files"
     assert not os.path.exists("/proc/workbench-out")

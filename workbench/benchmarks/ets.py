@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 import numpy as np
-from ..core import pick_device
+from ..core import check, pick_device
 from ..experiment import search_setup
 from ..learned_prm import get_prm
 from ..search.core import SearchConfig
@@ -35,7 +35,8 @@ def bench_ets(quick:bool=False, device:str|None=None, policy:str|None=None, seed
     dev = pick_device(device)
     task = Countdown()
     n_default, widths = (16, (16,)) if quick else (100, (8, 16, 32))
-    n = n or n_default
+    n = n_default if n is None else n
+    check(n >= 1, f"--n must be ≥ 1, got {n}")
     sweep = ((0.5, 1.5), (1.0, 1.5), (2.0, 1.5)) if quick else tuple((lc, ls) for ls in (0.0, 1.5) for lc in (0.5, 1.0, 2.0, 3.0))
     problems = task.problems("hard", n, seed)
     setup = search_setup(policy or "countdown-policy", "oracle", task, problems, max(widths), device=str(dev))

@@ -79,7 +79,8 @@ def bench_search(quick:bool=False,     # Small settings: < 2 minutes on 2 CPU co
     dev = pick_device(device)
     task = Countdown()
     n_default, budgets, n_speed = (16, (4, 16), 3) if quick else (100, (4, 8, 16, 32, 64), 6)
-    n = n or n_default
+    n = n_default if n is None else n
+    check(n >= 1, f"--n must be ≥ 1, got {n}")
     check(n >= n_speed, f"n must be ≥ {n_speed}, got {n}")
     problems = task.problems("hard", n, seed)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))

@@ -45,7 +45,8 @@ def bench_search_x_compression(quick:bool=False, n:int|None=None, device:str|Non
     from workbench.tasks import Countdown
     bits = tuple(bits or (16, 8, 4, 3)); widths = tuple(widths or ((1, 4, 16) if quick else (1, 4, 16, 64)))
     algorithms = tuple(algorithms or (("beam",) if quick else ("beam", "rebase")))
-    n = n or (16 if quick else 100)
+    n = (16 if quick else 100) if n is None else n
+    check(n >= 1, f"--n must be ≥ 1, got {n}")
     check(n >= 1 and all(b in KV_BITS for b in bits), f"bits must be among {sorted(KV_BITS)}, n ≥ 1")
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     dev = str(pick_device(device))
