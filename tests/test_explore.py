@@ -1,7 +1,6 @@
 "Compression search: the non-dominated set, a sweep resumed after SIGKILL, local vs Ray fronts, CLI bad input."
-import itertools, json, os, signal, sqlite3, subprocess, sys, time
+import json, signal, sqlite3, subprocess, time
 from pathlib import Path
-import numpy as np
 import pytest
 from conftest import WORKBENCH, run_cli
 from test_cli import assert_clean_error

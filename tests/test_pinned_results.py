@@ -65,7 +65,8 @@ def test_search_pinned(pins, policy, algo, prm):
     from workbench.tasks import Countdown
     task = Countdown(); probs = task.problems("hard", 3, seed=0)
     r = run_search(algo, Engine(policy, capacity_tokens=1 << 15), get_prm(prm, task=task, seed=0), task, probs,
-                   SearchConfig(width=8, seed=0), expand=4)
+                   SearchConfig(width=8, seed=0))       # every knob at its default (expand = 4 where there is one)
+    assert all(r.knobs[k] == 4 for k in r.knobs if k == "expand")
     check_pin(pins, f"search/{algo}/{prm}", {"answers": r.answers, "correct": r.correct, "solutions": r.solutions,
                                              **{k: r.counters[k] for k in COUNTERS if k in r.counters}})
 
@@ -80,9 +81,8 @@ def text_lm():
 @pytest.fixture(scope="module")
 def calib(text_lm):
     from workbench.corpus import read_text_split
-    from workbench.core import data_dir
     from workbench.quant.calib import calib_from_text
-    return calib_from_text(text_lm.tokenizer, read_text_split(data_dir() / "text" / "python-docstrings", "train"), 4, 128)
+    return calib_from_text(text_lm.tokenizer, read_text_split(split="train"), 4, 128)
 
 
 QUANT_CASES = {"rtn-w4g32": dict(method="rtn", bits=4, group_size=32), "rtn-w3-channel-sym": dict(method="rtn", bits=3, group_size=None, symmetric=True),

@@ -3,19 +3,20 @@ import copy
 import pytest, torch
 from conftest import TEXT_LM
 from workbench.corpus import read_text_split
-from workbench.core import WorkbenchError, data_dir
+from workbench.core import WorkbenchError
 from workbench.models import load, n_params
-from workbench.prune.api import calib_windows, prune
+from workbench.prune.api import prune
 from workbench.prune.core import PruneConfig, is_nm, mask_from_scores, memory_bytes, prunable_linears
-from workbench.prune.scores import InputStats, wanda_scores
+from workbench.prune.scores import wanda_scores
 from workbench.prune.sparsegpt import sparsegpt
+from workbench.quant.calib import InputStats, calib_from_text
 
 
 @pytest.fixture(scope="module")
 def lm(): return load(TEXT_LM, device="cpu")
 
 @pytest.fixture(scope="module")
-def cal(lm): return calib_windows(lm.tokenizer, read_text_split(data_dir() / "text" / "python-docstrings", "train"), 8, 256)
+def cal(lm): return torch.stack(calib_from_text(lm.tokenizer, read_text_split(split="train"), 8, 256))
 
 
 @pytest.mark.parametrize("method", ["magnitude", "random", "wanda", "sparsegpt", "dsnot"])
@@ -125,6 +126,6 @@ def test_semi_structured_2_4_cuda():
     rows = semi_structured_timing(torch.device("cuda"), sizes=((128, 384), (1024, 1024)), reps=5)
     ok = [r for r in rows if "error" not in r]
     assert ok and all(r["max_abs_diff"] < 1e-1 for r in ok)
-    lm = load(TEXT_LM, device="cuda"); cal = calib_windows(lm.tokenizer, read_text_split(data_dir() / "text" / "python-docstrings", "train"), 4, 128)
-    rep = prune(lm.model, PruneConfig("sparsegpt", pattern="2:4"), calib=cal, device="cuda")
+    lm = load(TEXT_LM, device="cuda"); cal = calib_from_text(lm.tokenizer, read_text_split(split="train"), 4, 128)
+    prune(lm.model, PruneConfig("sparsegpt", pattern="2:4"), calib=cal, device="cuda")
     assert all(is_nm(m.weight) for m in prunable_linears(lm.model).values())

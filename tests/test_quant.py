@@ -3,18 +3,20 @@ import copy
 import pytest, torch
 from torch import nn
 from conftest import POLICY, TEXT_LM
-from workbench.core import WorkbenchError, data_dir
+from workbench.core import WorkbenchError
+from workbench.corpus import corpus_dir
 from workbench.corpus import read_text_split
 from workbench.models import load
-from workbench.quant.calib import calib_from_text, capture_inputs, find_blocks
+from workbench.quant.calib import calib_from_text, capture_inputs, find_blocks, hessian
 from workbench.quant.formats import FORMATS, QuantConfig, rtn
-from workbench.quant.gptq import gptq, hessian
+from workbench.quant.gptq import gptq
 from workbench.quant.hawq import hawq_allocate, hutchinson_traces
-from workbench.quant.quantize import load_quantized, plan_layers, quantize, save_quantized
+from workbench.quant.checkpoint import save_quantized
+from workbench.quant.quantize import quantize
 from workbench.quant.storage import QuantLinear, from_qweight, pack_bits, unpack_bits
 
 torch.set_num_threads(1)
-TRAIN = data_dir() / "text" / "python-docstrings"
+TRAIN = corpus_dir()
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,7 @@ def test_save_load_round_trip(text_lm, text_calib, tmp_path):
     m = copy.deepcopy(text_lm.model)
     rep = quantize(m, {"*.mlp.*": QuantConfig("gptq", 3, 64), "*": QuantConfig("rtn", 4, 128)}, calib=text_calib)
     save_quantized(m, tmp_path / "q", text_lm.tokenizer, rep)
-    back = load_quantized(tmp_path / "q")
+    back = load(tmp_path / "q", device="cpu")
     x = torch.tensor([text_calib[0][:50].tolist()])
     with torch.no_grad(): assert torch.equal(back.model(x).logits, m(x).logits)
     assert rep.stored_bytes_per_param < 0.54

@@ -1,5 +1,5 @@
 "`workbench quantize` and `workbench bench quant` end to end."
-import hashlib, json, time
+import hashlib, json
 import pytest
 from conftest import POLICY, TEXT_LM, run_cli
 
@@ -16,8 +16,8 @@ def test_quantize_awq_writes_a_loadable_packed_model(tmp_path):
     res = json.loads(so)                                    # exactly one JSON object
     assert res["layers"] == 28 and res["stored_bytes_per_param"] <= 0.54 and res["config"]["method"] == "awq"
     assert {"model.safetensors", "quant_config.json", "config.json"} <= {p.name for p in out.iterdir()}
-    from workbench.quant.quantize import load_quantized
-    assert load_quantized(out).model is not None
+    from workbench.models import load
+    assert load(out, device="cpu").model is not None
     rc, so, se = run_cli("ppl", plain, "--json")            # the dequantized export is a plain HF directory
     assert rc == 0, se and json.loads(so)["ppl"] < 60
 
@@ -33,7 +33,8 @@ def test_quantize_awq_writes_a_loadable_packed_model(tmp_path):
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, msg):
     before = digest(TEXT_LM)
     rc, so, se = run_cli("quantize", TEXT_LM, "--out", tmp_path / "q", *args)
-    assert rc == 2 and so == "" and len(se.strip().splitlines()) == 1 and se.startswith("error: ") and msg in se, se
+    assert rc == 2 and len(se.strip().splitlines()) == 1 and se.startswith("error: ") and msg in se, se
+    assert so == "" or json.loads(so) == {"error": se.strip()[len("error: "):]}, so     # --json: the error as JSON too
     assert not (tmp_path / "q").exists() and digest(TEXT_LM) == before
 
 

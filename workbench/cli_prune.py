@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 import typer
 from .cli import app, bench_app, emit, emit_bench
-from .core import check, data_dir
+from .core import check
 
 # %% auto #0
 __all__ = ['prune_cmd', 'bench_prune_cmd']
@@ -17,7 +17,7 @@ __all__ = ['prune_cmd', 'bench_prune_cmd']
 # %% ../nbs/94_cli_prune.ipynb #f8dc3324
 @app.command("prune")
 def prune_cmd(model_dir:Path=typer.Argument(..., help="Model directory"),
-              method:str=typer.Option("wanda", help="magnitude, random, lamp, wanda, sparsegpt or dsnot"),
+              method:str=typer.Option("wanda", help="A registered method: magnitude, wanda, sparsegpt, … (an unknown name lists them all)"),
               sparsity:Optional[float]=typer.Option(None, help="Fraction of zeros in [0, 1); default 1 - N/M for N:M"),
               pattern:str=typer.Option("unstructured", help="unstructured, N:M (2:4, 4:8), heads or channels"),
               scope:Optional[str]=typer.Option(None, help="layer or global (magnitude); lamp is global"),
@@ -35,11 +35,11 @@ def prune_cmd(model_dir:Path=typer.Argument(..., help="Model directory"),
     check(calib_windows >= 1 and calib_len >= 2, "--calib-windows must be ≥ 1 and --calib-len ≥ 2")
     from workbench.corpus import read_text_split
     from workbench.models import load, quiet_transformers
-    from workbench.prune.api import calib_windows as windows, prune
+    from workbench.prune.api import prune
+    from workbench.quant.calib import calib_from_text
     lm = load(model_dir, device)
     cal = None
-    if cfg.needs_calib or (cfg.pattern in ("heads", "channels") and method == "wanda"):
-        cal = windows(lm.tokenizer, read_text_split(corpus or data_dir() / "text" / "python-docstrings", "train"), calib_windows, calib_len, seed)
+    if cfg.needs_calib: cal = calib_from_text(lm.tokenizer, read_text_split(corpus, "train"), calib_windows, calib_len, seed)
     rep = prune(lm.model, cfg, calib=cal, tokenizer=lm.tokenizer)               # raises before touching weights on bad input
     out.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 import typer
 from .cli import app, bench_app, emit
-from .core import check, data_dir
+from .core import check
 
 # %% auto #0
 __all__ = ['quantize_cmd', 'bench_quant_cmd']
@@ -18,14 +18,14 @@ __all__ = ['quantize_cmd', 'bench_quant_cmd']
 @app.command("quantize")
 def quantize_cmd(model_dir:Path=typer.Argument(..., help="Model directory"),
                  out:Path=typer.Option(..., help="Output directory (packed safetensors + quant_config.json)"),
-                 method:str=typer.Option("rtn", help="rtn | awq | gptq | squeezellm"),
+                 method:str=typer.Option("rtn", help="A registered method: rtn, awq, gptq, squeezellm, … (an unknown name lists them all)"),
                  bits:Optional[int]=typer.Option(None, help="2–8 for int (default 4); implied by nf4 / fp8_* / fp4_e2m1"),
                  group_size:int=typer.Option(128, help="Input columns per scale; 0 = per output channel"),
                  fmt:str=typer.Option("int", "--format", help="int | nf4 | fp8_e4m3 | fp8_e5m2 | fp4_e2m1"),
                  symmetric:bool=typer.Option(False, help="Symmetric int grid (no zero point)"),
                  act_order:bool=typer.Option(False, help="GPTQ: columns by decreasing Hessian diagonal"),
                  sparse_frac:float=typer.Option(0.0, help="SqueezeLLM: share of weights kept exactly (dense-and-sparse)"),
-                 calib:int=typer.Option(32, help="Calibration windows (awq, gptq, squeezellm)"),
+                 calib:int=typer.Option(32, help="Calibration windows (for the methods that read activations)"),
                  calib_len:int=typer.Option(256, help="Tokens per calibration window"),
                  corpus:Optional[Path]=typer.Option(None, help="Calibration corpus directory (train.txt); default: the shipped docstrings"),
                  dequantized:Optional[Path]=typer.Option(None, help="Also write a plain float Hugging Face directory here"),
@@ -35,7 +35,8 @@ def quantize_cmd(model_dir:Path=typer.Argument(..., help="Model directory"),
     from workbench.models import check_model_dir, load, quiet_transformers
     from workbench.quant.calib import calib_from_text
     from workbench.quant.formats import QuantConfig
-    from workbench.quant.quantize import export_dequantized, quantize, save_quantized
+    from workbench.quant.checkpoint import export_dequantized, save_quantized
+    from workbench.quant.quantize import quantize
     cfg = QuantConfig(method, bits, group_size or None, symmetric, fmt, act_order=act_order, sparse_frac=sparse_frac)
     for d in (out, dequantized):
         check(d is None or not d.exists() or (d.is_dir() and not any(d.iterdir())), f"output directory {str(d)!r} exists and is not empty; choose a new one")
@@ -45,10 +46,9 @@ def quantize_cmd(model_dir:Path=typer.Argument(..., help="Model directory"),
     with quiet_transformers():
         lm = load(model_dir, device)
         cal = None
-        if cfg.method != "rtn":
+        if cfg.needs_calib:
             check(calib >= 1, f"{cfg.method} needs calibration data: --calib must be ≥ 1, got {calib}")
-            text = read_text_split(corpus or data_dir() / "text" / "python-docstrings", "train")
-            cal = calib_from_text(lm.tokenizer, text, calib, calib_len, seed)
+            cal = calib_from_text(lm.tokenizer, read_text_split(corpus, "train"), calib, calib_len, seed)
         rep = quantize(lm.model, cfg, calib=cal)                # validates before changing anything
         save_quantized(lm.model, out, lm.tokenizer, rep)
         if dequantized is not None: export_dequantized(lm.model, dequantized, lm.tokenizer)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
-from .core import WorkbenchError, check, pick_device
+from .core import WorkbenchError, check, model_dir, pick_device
 
 # %% auto #0
 __all__ = ['tiny_llama', 'n_params', 'LM', 'check_model_dir', 'quiet_transformers', 'load']
@@ -83,18 +83,17 @@ def quiet_transformers():
         hf_logging.set_verbosity(verbosity)
         if was: hf_logging.enable_progress_bar()
 
-def load(path:str|Path,            # A local model directory (ours or any HF causal LM, Llama- or GPT-2-style)
+def load(path:str|Path,            # A local model directory (ours or any HF causal LM, Llama- or GPT-2-style), or a shipped model's name
          device:str|None=None,     # cpu, cuda, cuda:N; None = CUDA when present
          dtype:torch.dtype=torch.float32, # Weights' dtype
         ) -> LM:
     "Load a causal LM and its tokenizer from a local directory, in eval mode, on `device`."
-    if (Path(path) / "quant_config.json").is_file():      # packed weights written by `workbench quantize`
-        from workbench.quant.quantize import load_quantized
-        lm = load_quantized(path, device)
-        check(lm.tokenizer is not None, f"{path} has no tokenizer files")
-        if lm.tokenizer.pad_token is None: lm.tokenizer.pad_token = lm.tokenizer.eos_token
-        lm.tokenizer.padding_side = "left"
-        return lm
+    path = model_dir(path)                                 # "text-lm" is data/models/text-lm
+    if (path / "quant_config.json").is_file():      # packed weights written by `workbench quantize`
+        from workbench.quant.checkpoint import read_quantized   # quant.checkpoint imports nothing from here: no cycle
+        model, tok = read_quantized(path, device)
+        check(tok is not None, f"{path} has no tokenizer files")
+        return _left_padded(LM(model, tok, path))
     path = check_model_dir(path)
     try:
         with quiet_transformers():
@@ -102,6 +101,9 @@ def load(path:str|Path,            # A local model directory (ours or any HF cau
             model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
         raise WorkbenchError(f"could not load {path}: {str(e).splitlines()[0]}") from None
-    if tok.pad_token is None: tok.pad_token = tok.eos_token  # GPT-2 style tokenizers have no pad token
-    tok.padding_side = "left"                               # batched generation continues after the prompt
-    return LM(model.to(pick_device(device)).eval(), tok, path)
+    return _left_padded(LM(model.to(pick_device(device)).eval(), tok, path))
+
+def _left_padded(lm:LM) -> LM:
+    if lm.tokenizer.pad_token is None: lm.tokenizer.pad_token = lm.tokenizer.eos_token  # GPT-2 style tokenizers have no pad token
+    lm.tokenizer.padding_side = "left"                                                  # batched generation continues after the prompt
+    return lm

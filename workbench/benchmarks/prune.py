@@ -8,12 +8,12 @@ papers' targets as booleans with their numbers."""
 from __future__ import annotations
 import copy, random, sys, time
 import torch
-from ..core import data_dir, pick_device
-from ..corpus import read_text_split
+from ..core import model_dir, pick_device
 from ..evaluate import complete
+from ..experiment import text_setup
 from ..metrics import perplexity
 from ..models import load
-from ..prune.api import calib_windows, prune
+from ..prune.api import prune
 from ..prune.core import PruneConfig
 from ..prune.lottery import lottery
 from ..tasks import get_task
@@ -63,6 +63,7 @@ def semi_structured_timing(device, sizes=((128, 384), (4096, 4096)), reps:int=50
     "CUDA only: dense fp16 matmul vs torch's 2:4 semi-structured sparse tensor, same 2:4-masked weight."
     from torch.sparse import to_sparse_semi_structured
     from workbench.prune.core import mask_from_scores
+    from workbench.quant.formats import tensor_bytes
     out = []
     for rows, cols in sizes:
         W = torch.randn(rows, cols, device=device, dtype=torch.float16)
@@ -78,7 +79,7 @@ def semi_structured_timing(device, sizes=((128, 384), (4096, 4096)), reps:int=50
         err = (W @ x - Ws @ x).abs().max().item()
         out.append({"shape": f"{rows}x{cols}", "dense_ms": dense_ms, "sparse_2_4_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
                     "max_abs_diff": err, "dense_bytes": W.numel() * 2,
-                    "compressed_bytes": sum(t.numel() * t.element_size() for t in (Ws.packed, Ws.meta) if t is not None)
+                    "compressed_bytes": tensor_bytes(t for t in (Ws.packed, Ws.meta) if t is not None)
                     if hasattr(Ws, "packed") else None})
     return out
 
@@ -87,11 +88,8 @@ def bench_prune(quick:bool=False, device:str|None=None, seed:int=0, quiet:bool=T
     "Every pruning method on the shipped text LM and policy, the lottery table and the targets."
     dev = pick_device(device); t_start = time.time()
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    lm = load(data_dir() / "models" / "text-lm", device=str(dev))
-    corpus = data_dir() / "text" / "python-docstrings"
-    ids = lm.tokenizer(read_text_split(corpus, "heldout"), add_special_tokens=False)["input_ids"]
-    if quick: ids = ids[:32 * 256 + 1]
-    cal = calib_windows(lm.tokenizer, read_text_split(corpus, "train"), 8 if quick else 64, 256, seed)
+    setup = text_setup("text-lm", eval_windows=32 if quick else None, calib_windows=8 if quick else 64, context=256, device=str(dev), seed=seed)
+    lm, ids, cal = setup.lm, setup.eval_ids, setup.calib
     sparsities = (0.5, 0.6) if quick else (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
     patterns = ("2:4",) if quick else ("2:4", "4:8")
     dense = perplexity(lm.model, ids, 256)
@@ -127,7 +125,7 @@ def bench_prune(quick:bool=False, device:str|None=None, seed:int=0, quiet:bool=T
                            "csr_bytes": r50.totals()["csr_bytes"], "two_four_bytes (2:4 mask)": r24.totals()["two_four_bytes"],
                            "note": r50.note}
     # policy accuracy at 50 %
-    pol = load(data_dir() / "models" / "countdown-policy", device=str(dev)); task = get_task("countdown")
+    pol = load(model_dir("countdown-policy"), device=str(dev)); task = get_task("countdown")
     probs = task.problems("test", 20 if quick else 100, seed)
     pcal = _policy_calib(pol, task, 16 if quick else 128, 128, seed)
     acc = {"dense": _greedy_accuracy(pol, task, probs)}

@@ -8,12 +8,9 @@ from __future__ import annotations
 import copy, json, time
 import torch
 from torch import nn
-from ..core import check, data_dir, pick_device
-from ..corpus import read_text_split
+from ..experiment import text_setup
 from ..metrics import perplexity
-from ..models import load
-from ..quant.calib import calib_from_text
-from ..quant.formats import QuantConfig
+from ..quant.formats import QuantConfig, tensor_bytes
 from ..quant.quantize import quantize
 
 # %% auto #0
@@ -39,8 +36,6 @@ def bench_configs(quick:bool) -> list[tuple[str, QuantConfig]]:
 def _targets(model) -> dict[str, nn.Linear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"}
 
-def _tensor_bytes(ts) -> int: return sum(t.numel() * t.element_size() for t in ts)
-
 def peer_quanto(model, bits:int):
     "optimum-quanto weight-only int4/int8 (its default groups: 128 for int4, per channel for int8)."
     from optimum.quanto import freeze, qint4, qint8, quantize as q_quantize
@@ -50,7 +45,7 @@ def peer_quanto(model, bits:int):
     for n in names:
         w = model.get_submodule(n).weight
         parts = [w._data._data if hasattr(w._data, "_data") else w._data, w._scale] + ([w._shift] if getattr(w, "_shift", None) is not None else [])
-        stored += _tensor_bytes(parts); params += w.shape[0] * w.shape[1]
+        stored += tensor_bytes(parts); params += w.shape[0] * w.shape[1]
     g = 128 if bits == 4 else model.get_submodule(names[0]).in_features
     return bits + (32 if bits == 4 else 16) / g, stored, params
 
@@ -62,13 +57,13 @@ def peer_hqq(model, bits:int=4, group_size:int=128):
         h = HQQLinear(m, BaseQuantizeConfig(nbits=bits, group_size=group_size), compute_dtype=torch.float32,
                       device=str(m.weight.device), del_orig=False)
         parent, _, child = n.rpartition("."); setattr(model.get_submodule(parent), child, h)
-        stored += _tensor_bytes([h.W_q, h.meta["scale"], h.meta["zero"]]); params += m.weight.numel()
+        stored += tensor_bytes([h.W_q, h.meta["scale"], h.meta["zero"]]); params += m.weight.numel()
     return bits + 32 / group_size, stored, params
 
 def peer_torchao(model, bits:int=4):
     "torchao weight-only int4 (needs the `mslk` GPU kernels for its int4 layout)."
-    try: import torchao  # noqa: F401
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("torchao") is None:
         raise RuntimeError("torchao not installed: torchao 0.18.0 installs with torch 2.13.0, but transformers then imports "
                            "it on every model load and prints CUDA-extension load failures; its Int4WeightOnlyConfig on CPU "
                            "raises 'Requires mslk >= 1.0.0'") from None
@@ -84,13 +79,9 @@ def bench_quant(quick:bool=False, model_dir=None, device=None, seed:int=0, threa
     "Quantize the text LM with every method and peer; perplexity, bits and bytes side by side."
     t0 = time.time()
     if threads: torch.set_num_threads(threads)
-    lm = load(model_dir or data_dir() / "models" / "text-lm", pick_device(device))
-    corpus = data_dir() / "text" / "python-docstrings"
-    ids = lm.tokenizer(read_text_split(corpus, "heldout"), add_special_tokens=False)["input_ids"]
-    ctx, windows = 256, (16 if quick else None)
-    if windows: ids = ids[: windows * ctx + 1]
-    calib = calib_from_text(lm.tokenizer, read_text_split(corpus, "train"), 8 if quick else 32, 256, seed)
-    ppl = lambda m: perplexity(m, ids, ctx)
+    setup = text_setup(model_dir or "text-lm", eval_windows=16 if quick else None, calib_windows=8 if quick else 32, context=256, device=device, seed=seed)
+    lm, calib, ctx = setup.lm, setup.calib, setup.context
+    ppl = lambda m: perplexity(m, setup.eval_ids, ctx)
     base = ppl(lm.model)
     rows = [dict(method="fp32", bits=32, group=None, ppl=base.ppl, gap=0.0, bits_per_param=32.0, bytes_per_param=4.0, seconds=0.0, note="")]
     def row(label, bits, group, fn):
@@ -124,8 +115,7 @@ def bench_quant(quick:bool=False, model_dir=None, device=None, seed:int=0, threa
         "awq_gptq_w4_no_worse_than_peers": dict(value=[by["awq W4 g128"]["ppl"], by["gptq W4 g128"]["ppl"], peers4],
                                                 met=bool(peers4) and max(by["awq W4 g128"]["ppl"], by["gptq W4 g128"]["ppl"]) <= min(peers4)),
     }
-    return dict(model=str(lm.path), convention=dict(metric="perplexity", dataset="python-docstrings", split="heldout",
-                context=ctx, stride=ctx, windows=base.windows, tokens=base.tokens, calib_windows=len(calib), calib_len=256),
+    return dict(model=str(lm.path), convention={**setup.convention, "windows": base.windows, "tokens": base.tokens},
                 quick=quick, rows=rows, targets=targets, seconds=time.time() - t0)
 
 # %% ../../nbs/38_bench_quant.ipynb #4861804a

@@ -5,13 +5,14 @@
 # %% ../../nbs/51_explore_space.ipynb #e4b86947
 from __future__ import annotations
 import fnmatch, hashlib, json, math, time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 import numpy as np, torch
-from ..core import WorkbenchError, check, data_dir
+from ..core import WorkbenchError, check, model_dir
+from ..quant.formats import stored_bits
 
 # %% auto #0
-__all__ = ['QUANT_METHODS', 'PRUNE_METHODS', 'Config', 'LayerSpec', 'SearchSpace', 'model_path', 'space_from_dict', 'load_space',
+__all__ = ['QUANT_METHODS', 'PRUNE_METHODS', 'Config', 'LayerSpec', 'SearchSpace', 'space_from_dict', 'load_space',
            'random_config', 'uniform_config', 'mutate', 'crossover', 'config_key', 'config_from_key', 'kept_weights',
            'layer_bits', 'config_bytes', 'config_stats', 'Evaluator', 'apply_config', 'evaluate']
 
@@ -73,10 +74,6 @@ class SearchSpace:
         "A short hash of the space (layers and choices): a store may only be resumed with the same space."
         return hashlib.sha1(json.dumps([self.to_dict(), self.layers, self.shapes]).encode()).hexdigest()[:12]
 
-def model_path(model:str) -> Path:
-    "A model directory: a path, or a name under data/models."
-    p = Path(model)
-    return p if p.is_dir() else data_dir() / "models" / model
 
 # %% ../../nbs/51_explore_space.ipynb #c61b584a
 def _choices(d:dict, key:str, default:tuple, ok) -> tuple:
@@ -97,8 +94,9 @@ def space_from_dict(d:dict,      # {model, layers (glob), bits, sparsity, group_
     name = str(d.get("model", "text-lm"))
     if model is None:
         from workbench.models import load, quiet_transformers
-        check(model_path(name).is_dir(), f"space.model {name!r} is not a model directory (nor a name under data/models)")
-        with quiet_transformers(): model = load(model_path(name), "cpu").model
+        path = model_dir(name)                        # a directory, or the name of a shipped model
+        check(path.is_dir(), f"space.model {name!r} is not a model directory (nor a name under data/models)")
+        with quiet_transformers(): model = load(path, "cpu").model
     lin = prunable_linears(model)
     pat = d.get("layers", "*")
     names = [n for n in lin if fnmatch.fnmatchcase(n, pat)]
@@ -175,9 +173,9 @@ def kept_weights(rows:int, cols:int, spec:LayerSpec) -> int:
 
 def layer_bits(rows:int, cols:int, spec:LayerSpec) -> int:
     "Stored bits of one layer: codes + fp16 scales (+ zeros) + a bitmask when it is smaller than dense zeros."
-    n, k, b = rows * cols, kept_weights(rows, cols, spec), spec.bits
-    scales = 0 if b == 16 else rows * (cols // spec.group_size) * (16 + b)
-    return min(n * b, k * b + n) + scales
+    k, b = kept_weights(rows, cols, spec), spec.bits
+    groups = 0 if b == 16 else cols // spec.group_size
+    return min(stored_bits(rows, cols, b, groups, zero_bits=b, kept=k, layout=l) for l in ("dense", "bitmask"))
 
 def config_bytes(space:SearchSpace, config:Config) -> int:
     "Stored bytes of the model: searched layers as configured, everything else at 16 bits."
@@ -198,28 +196,26 @@ class Evaluator:
     def __init__(self, space:SearchSpace,
                  eval_tokens:int=2048,     # Held-out tokens scored (from the start of the split)
                  context:int=256,          # Window length (non-overlapping windows)
-                 calib_windows:int=8,      # Calibration windows (train split) for gptq / awq / wanda
+                 calib_windows:int=8,      # Calibration windows (train split) for the methods that read activations
                  threads:int|None=1,       # torch CPU threads during evaluation (fixed: results reproducible)
                  device:str="cpu"):
-        from workbench.corpus import read_text_split
-        from workbench.models import load, quiet_transformers
-        with quiet_transformers(): self.lm = load(model_path(space.model), device)
+        from workbench.experiment import text_setup
+        from workbench.models import quiet_transformers
+        # calibration windows are drawn on first use (tokenizing the train split costs seconds; most sweeps need none)
+        with quiet_transformers(): self.setup = text_setup(space.model, context=context, eval_tokens=eval_tokens, calib_windows=0, device=device)
+        self.lm, self.ids = self.setup.lm, self.setup.eval_ids
         self.space, self.context, self.threads, self.cache = space, context, threads, {}
-        text = data_dir() / "text" / "python-docstrings"
-        ids = self.lm.tokenizer(read_text_split(text, "heldout"), add_special_tokens=False)["input_ids"]
-        check(context < eval_tokens <= len(ids) - 1, f"eval_tokens must be in ({context}, {len(ids) - 1}], got {eval_tokens}")
-        self.ids = torch.tensor(ids[:eval_tokens + 1])
         self.float = {n: self.lm.model.get_submodule(n).weight.detach().clone() for n in space.layers}
         self._calib, self._calib_windows = None, calib_windows
 
     def calib(self):
-        "Calibration windows from the train split (built on first use)."
+        "Calibration windows from the train split, drawn as `text_setup` draws them (seed 0, `context` tokens each)."
         if self._calib is None:
             from workbench.corpus import read_text_split
             from workbench.quant.calib import calib_from_text
-            text = read_text_split(data_dir() / "text" / "python-docstrings", "train")
-            self._calib = calib_from_text(self.lm.tokenizer, text, self._calib_windows, self.context, 0)
+            self._calib = calib_from_text(self.lm.tokenizer, read_text_split(self.setup.corpus, "train"), self._calib_windows, self.context, 0)
         return self._calib
+
 
 # %% ../../nbs/51_explore_space.ipynb #d085c057
 @torch.no_grad()
@@ -233,7 +229,7 @@ def apply_config(ev:Evaluator, config:Config):
     for n in names: model.get_submodule(n).weight.copy_(ev.float[n])
     pr = {n: PruneConfig(s.prune_method, s.sparsity) for n, s in zip(names, config) if s.sparsity}
     qu = {n: QuantConfig(s.quant_method, s.bits, s.group_size) for n, s in zip(names, config) if s.bits < 16}
-    needs = any(c.needs_calib for c in pr.values()) or any(c.method != "rtn" for c in qu.values())
+    needs = any(c.needs_calib for c in list(pr.values()) + list(qu.values()))
     calib = ev.calib() if needs else None
     if pr: prune(model, pr, calib=calib)
     masks = {n: model.get_submodule(n).weight != 0 for n in pr}

@@ -6,7 +6,7 @@ training-free proxies ranked against true perplexity."""
 # %% ../../nbs/52_explore_strategies.ipynb #e1d18198
 from __future__ import annotations
 import numpy as np, torch
-from ..core import WorkbenchError, check
+from ..core import check
 from .pareto import pareto_mask
 from .space import (Config, Evaluator, LayerSpec, SearchSpace, apply_config, config_stats, mutate,
                                      random_config, uniform_config)

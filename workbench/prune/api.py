@@ -11,52 +11,24 @@ from torch import nn
 from ..core import check
 from ..models import n_params
 from .core import (PruneConfig, PruneReport, STRUCTURED, global_masks, layer_report, mask_from_scores,
-                                  prunable_linears)
-from .scores import InputStats, dsnot, lamp_scores, magnitude_scores, random_scores, wanda_scores
-from .sparsegpt import sparsegpt
-from ..quant.calib import as_batches, calib_from_text
-from .structured import prune_structured
+                                  prunable_linears, pruner)
+from .structured import prune_structured, structured_counts
+from ..quant.calib import InputStats, as_batches, calib_forward, find_blocks
+
 
 # %% auto #0
-__all__ = ['calib_windows', 'block_inputs', 'prune']
+__all__ = ['prune']
 
 # %% ../../nbs/45_prune_api.ipynb #20b44141
-def calib_windows(tokenizer, text:str, # Calibration text (the train split; never the perplexity split)
-                  n:int=64, seq_len:int=256, seed:int=0) -> torch.Tensor:
-    "`n` non-overlapping windows (n, seq_len) of token ids at seeded random places in `text`."
-    return torch.stack(calib_from_text(tokenizer, text, n, seq_len, seed))
+def _units(model:nn.Module, names) -> list[tuple[nn.Module|None, list[str]]]:
+    "(block to stop after, its layers among `names`) per transformer block, then the rest (a whole forward)."
+    found, units = find_blocks(model), []
+    if found:
+        prefix, blocks = found
+        units = [(b, [n for n in names if n.startswith(f"{prefix}.{i}.")]) for i, b in enumerate(blocks)]
+    inside = {n for _, ns in units for n in ns}
+    return [u for u in units + [(None, [n for n in names if n not in inside])] if u[1]]
 
-def _batches(calib, tokenizer, batch_size:int=8) -> list[torch.Tensor]:
-    "Calibration data (2-D ids, or a list of strings / 1-D ids) as (B, L) batches of equal length."
-    if isinstance(calib, torch.Tensor) and calib.dim() == 2: return list(calib.long().split(batch_size))
-    out, cur = [], []
-    for s in as_batches(calib, tokenizer):         # consecutive samples of one length share a batch
-        if cur and (len(cur) == batch_size or len(cur[0]) != len(s)): out.append(torch.stack(cur)); cur = []
-        cur.append(s)
-    return out + ([torch.stack(cur)] if cur else [])
-
-class _Stop(Exception): pass
-
-@torch.no_grad()
-def block_inputs(model:nn.Module, batches:list[torch.Tensor]) -> list[tuple[torch.Tensor, dict]]:
-    "Hidden states and keyword arguments entering the first decoder block, per batch."
-    blocks, dev, out = model.model.layers, next(model.parameters()).device, []
-    def grab(mod, args, kwargs): out.append((args[0] if args else kwargs.pop("hidden_states"), kwargs)); raise _Stop
-    h = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        for x in batches:
-            try: model(input_ids=x.to(dev), use_cache=False)
-            except _Stop: pass
-    finally: h.remove()
-    return out
-
-def _run_block(block, inputs):
-    "Outputs of one block for each captured batch (the next block's inputs)."
-    res = []
-    for x, kw in inputs:
-        y = block(x, **kw)
-        res.append((y[0] if isinstance(y, tuple) else y, kw))
-    return res
 
 # %% ../../nbs/45_prune_api.ipynb #630cbf55
 def _assign(model:nn.Module, config) -> dict[str, PruneConfig]:
@@ -76,53 +48,28 @@ def _assign(model:nn.Module, config) -> dict[str, PruneConfig]:
     return out
 
 # %% ../../nbs/45_prune_api.ipynb #3059aef9
-def _validate_structured(model, cfg:PruneConfig):
-    "Structured pruning's bad input, checked on the config before anything changes."
-    c = model.config
-    total = c.num_attention_heads if cfg.pattern == "heads" else c.intermediate_size
-    n_rm = int(round(cfg.sparsity * total))
-    check(n_rm < total, f"structured pruning would remove all {total} {cfg.pattern} of every block (sparsity {cfg.sparsity}); keep at least one")
-    if cfg.pattern == "heads":
-        check(c.num_key_value_heads == c.num_attention_heads, "head pruning supports models without grouped KV heads")
-        check(c.hidden_size % (total - n_rm) == 0, f"keeping {total - n_rm} of {total} heads: the Llama config needs the hidden size "
-              f"({c.hidden_size}) to be a multiple of the head count; use a sparsity that keeps "
-              f"{', '.join(str(h) for h in range(1, total) if c.hidden_size % h == 0)} heads")
-
 @torch.no_grad()
 def _weight_only(lin:dict, assign:dict[str, PruneConfig]):
-    "Masks that need no activations: magnitude (layer / global), random, LAMP (global by construction)."
+    "Masks from the weights alone (methods with a `scores` entry): one ranking over all layers for scope global, else per layer."
     groups = {}
     for n, c in assign.items():
         if not c.needs_calib: groups.setdefault(c, []).append(n)
     for c, names in groups.items():
-        if c.scope == "global" and not c.nm:
-            fn = lamp_scores if c.method == "lamp" else magnitude_scores
-            masks = global_masks({n: fn(lin[n].weight) for n in names}, c.sparsity)
-        else:
-            masks = {}
-            for n in names:
-                W = lin[n].weight
-                sc = random_scores(W, c.seed, n) if c.method == "random" else magnitude_scores(W)
-                masks[n] = mask_from_scores(sc, c.sparsity, "layer", c.nm)
+        score = pruner(c.method).scores
+        if c.scope == "global" and not c.nm: masks = global_masks({n: score(lin[n].weight, c, n) for n in names}, c.sparsity)
+        else: masks = {n: mask_from_scores(score(lin[n].weight, c, n), c.sparsity, "layer", c.nm) for n in names}
         for n, k in masks.items(): lin[n].weight.mul_(k.to(lin[n].weight.dtype))
-
-@torch.no_grad()
-def _with_activations(W:torch.Tensor, c:PruneConfig, st:InputStats) -> torch.Tensor:
-    "The pruned weight for a method that reads calibration statistics."
-    if c.method == "sparsegpt": return sparsegpt(W, st.hessian, c.sparsity, c.nm, c.block_size, c.damp, c.bits)[0].to(W.dtype)
-    keep = mask_from_scores(wanda_scores(W, st.norm), c.sparsity, "row", c.nm)
-    if c.method == "dsnot": keep = dsnot(W, keep, st)
-    return W * keep
 
 def _rel_error(W0:torch.Tensor, W1:torch.Tensor, st:InputStats|None) -> float|None:
     if st is None: return None
     D, H = (W0 - W1).float(), st.xtx
     return float((D @ H * D).sum() / (W0.float() @ H * W0.float()).sum().clamp_min(1e-30))
 
+
 # %% ../../nbs/45_prune_api.ipynb #fd76bb61
 @torch.no_grad()
 def prune(model:nn.Module, config:PruneConfig|dict, # One config, or {name pattern: config}
-          calib=None,            # Calibration token windows (n, L), or a list of strings / 1-D ids
+          calib=None,            # Calibration windows: a 2-D tensor (n, L), or a list of strings / 1-D ids
           tokenizer=None,        # Needed when `calib` holds strings
           device:str|None=None,  # Move the model here first (None: where it is)
           batch_size:int=8) -> PruneReport:
@@ -131,31 +78,24 @@ def prune(model:nn.Module, config:PruneConfig|dict, # One config, or {name patte
     assign = _assign(model, config)
     cfgs = set(assign.values())
     structured = next((c for c in cfgs if c.pattern in STRUCTURED), None)
-    if structured: _validate_structured(model, structured)
-    needs = any(c.needs_calib for c in cfgs) or (structured is not None and structured.method == "wanda")
-    check(calib is not None or not needs, f"{', '.join(sorted({c.method for c in cfgs if c.needs_calib}) or ['wanda'])} needs calibration data (calib=...)")
-    batches = _batches(calib, tokenizer, batch_size) if calib is not None else None
+    if structured: structured_counts(model.config, structured.pattern, structured.sparsity)
+    need = sorted({c.method for c in cfgs if c.needs_calib})
+    check(calib is not None or not need, f"{', '.join(need)} needs calibration data (calib=...)")
+    samples = as_batches(calib, tokenizer) if calib is not None else None
     if device is not None: model.to(device)
     before = n_params(model)
-    if structured: return _prune_structured(model, structured, batches, before, t0)
+    if structured: return _prune_structured(model, structured, samples, batch_size, before, t0)
     lin = prunable_linears(model)
     W0 = {n: lin[n].weight.detach().clone() for n in assign}
     try:
         _weight_only(lin, assign)
         stats = {}
-        if batches is not None:
-            inputs = block_inputs(model, batches)
-            for i, blk in enumerate(model.model.layers):
-                names = {f"model.layers.{i}.{n}": m for n, m in blk.named_modules() if f"model.layers.{i}.{n}" in assign}
-                st = {n: InputStats(m.in_features, hessian=True, device=m.weight.device) for n, m in names.items()}
-                hs = [m.register_forward_pre_hook(lambda mod, a, n=n: st[n].add(a[0])) for n, m in names.items()]
-                try: _run_block(blk, inputs)
-                finally:
-                    for h in hs: h.remove()
-                for n, m in names.items():
-                    if assign[n].needs_calib: m.weight.copy_(_with_activations(m.weight, assign[n], st[n]))
-                stats.update(st)
-                inputs = _run_block(blk, inputs)                  # pruned outputs feed the next block
+        for stop, names in (_units(model, assign) if samples is not None else []):
+            st = {n: InputStats(lin[n].in_features, hessian=True, device=lin[n].weight.device) for n in names}
+            calib_forward(model, {n: lin[n] for n in names}, samples, lambda n, x: st[n].add(x), stop, batch_size)
+            for n in names:
+                if assign[n].needs_calib: lin[n].weight.copy_(pruner(assign[n].method).prune_layer(lin[n].weight, assign[n], st[n]))
+            stats.update(st)                                  # pruned blocks feed the next block's inputs
     except Exception:
         for n, w in W0.items(): lin[n].weight.copy_(w)            # never leave a half-pruned model
         raise
@@ -166,19 +106,16 @@ def prune(model:nn.Module, config:PruneConfig|dict, # One config, or {name patte
 def _config_dict(config) -> dict:
     return asdict(config) if isinstance(config, PruneConfig) else {p: asdict(c) for p, c in dict(config).items()}
 
+
 # %% ../../nbs/45_prune_api.ipynb #1c769af2
-def _prune_structured(model, cfg:PruneConfig, batches, before:int, t0:float) -> PruneReport:
-    "Heads or channels: scores (from dense calibration inputs for wanda), removal, report on the shrunk layers."
+def _prune_structured(model, cfg:PruneConfig, samples, batch_size:int, before:int, t0:float) -> PruneReport:
+    "Heads or channels: scores (from dense calibration inputs for methods that read them), removal, report on the shrunk layers."
     norms = None
-    if cfg.method == "wanda":
+    if cfg.needs_calib:
         proj = "self_attn.o_proj" if cfg.pattern == "heads" else "mlp.down_proj"
-        mods = {i: b.get_submodule(proj) for i, b in enumerate(model.model.layers)}
+        mods = {i: b.get_submodule(proj) for i, b in enumerate(find_blocks(model)[1])}
         st = {i: InputStats(m.in_features, device=m.weight.device) for i, m in mods.items()}
-        hs = [m.register_forward_pre_hook(lambda mod, a, i=i: st[i].add(a[0])) for i, m in mods.items()]
-        try:
-            for x in batches: model(input_ids=x.to(next(model.parameters()).device), use_cache=False)
-        finally:
-            for h in hs: h.remove()
+        calib_forward(model, mods, samples, lambda i, x: st[i].add(x), None, batch_size)
         norms = {i: s.norm for i, s in st.items()}
     prune_structured(model, cfg.pattern, cfg.sparsity, cfg.method, norms, cfg.seed)
     lin = prunable_linears(model)
@@ -186,3 +123,4 @@ def _prune_structured(model, cfg:PruneConfig, batches, before:int, t0:float) -> 
     note = (f"structured ({cfg.pattern}) pruning shrinks the dense layers: {before:,} -> {after:,} parameters; "
             f"config updated (heads {model.config.num_attention_heads}, MLP width {model.config.intermediate_size})")
     return PruneReport(_config_dict(cfg), [layer_report(n, m.weight) for n, m in lin.items()], before, after, time.time() - t0, note)
+

@@ -5,19 +5,21 @@
 
 # %% ../../nbs/40_prune_core.ipynb #bbe33af8
 from __future__ import annotations
-import json, math, re
+import importlib, json, math, pkgutil, re
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 import torch
 from torch import nn
-from ..core import WorkbenchError, check
+from ..core import check
+from ..quant.formats import stored_bits
+
 
 # %% auto #0
-__all__ = ['METHODS', 'STRUCTURED', 'UNSTRUCTURED_NOTE', 'parse_nm', 'PruneConfig', 'n_pruned', 'keep_topk', 'mask_from_scores',
-           'global_masks', 'prunable_linears', 'apply_masks', 'keep_masks', 'is_nm', 'memory_bytes', 'LayerReport',
-           'PruneReport', 'layer_report']
+__all__ = ['STRUCTURED', 'PRUNERS', 'UNSTRUCTURED_NOTE', 'parse_nm', 'Pruner', 'register_pruner', 'pruners', 'pruner',
+           'PruneConfig', 'n_pruned', 'keep_topk', 'mask_from_scores', 'global_masks', 'prunable_linears',
+           'apply_masks', 'keep_masks', 'is_nm', 'memory_bytes', 'LayerReport', 'PruneReport', 'layer_report']
 
 # %% ../../nbs/40_prune_core.ipynb #478f8793
-METHODS = ("magnitude", "random", "lamp", "wanda", "sparsegpt", "dsnot")
 STRUCTURED = ("heads", "channels")
 
 def parse_nm(pattern:str # "2:4", "4:8", …
@@ -26,11 +28,46 @@ def parse_nm(pattern:str # "2:4", "4:8", …
     m = re.fullmatch(r"(\d+):(\d+)", pattern)
     return (int(m[1]), int(m[2])) if m else None
 
+@dataclass(frozen=True)
+class Pruner:
+    "A registered pruning method: how it scores or prunes a layer, and what it supports."
+    name: str
+    needs_calib: bool                  # Reads calibration activations (prune refuses to run without them)
+    doc: str                           # One line, for listings and --help
+    scores: Callable|None = None       # (W, cfg, layer name) -> importance (rows, cols): a mask from the weights alone
+    prune_layer: Callable|None = None  # (W, cfg, InputStats) -> pruned W: a method that reads the layer's inputs
+    scopes: tuple[str, ...] = ("layer",) # Allowed scopes; the first is the default
+    nm: bool = True                    # Supports N:M patterns
+    structured: bool = False           # Scores whole heads / MLP channels too
+    joint_bits: bool = False           # Can quantize the kept weights in the same pass (`bits`)
+
+PRUNERS: dict[str, Pruner] = {}
+
+def register_pruner(name:str, needs_calib:bool, doc:str, **fields) -> Pruner:
+    "Register the pruning method `name` (fields: scores or prune_layer, scopes, nm, structured, joint_bits)."
+    check((fields.get("scores") is None) != (fields.get("prune_layer") is None), f"pruner {name!r} needs one of scores, prune_layer")
+    PRUNERS[name] = p = Pruner(name, needs_calib, doc, **fields)
+    return p
+
+def pruners() -> dict[str, Pruner]:
+    "Every pruning method, by name (each module of workbench.prune registers its methods on import)."
+    for m in pkgutil.iter_modules(importlib.import_module("workbench.prune").__path__): importlib.import_module(f"workbench.prune.{m.name}")
+    return dict(PRUNERS)
+
+def pruner(name:str) -> Pruner:
+    "The registered method `name`; `WorkbenchError` listing the methods otherwise."
+    if name not in PRUNERS: pruners()
+    check(name in PRUNERS, f"unknown pruning method {name!r}: use one of {', '.join(PRUNERS)}")
+    return PRUNERS[name]
+
+def _names(pred) -> str: return ", ".join(n for n, p in pruners().items() if pred(p))
+
+
 # %% ../../nbs/40_prune_core.ipynb #862d8636
 @dataclass(frozen=True)
 class PruneConfig:
     "What to prune and how; validated at construction."
-    method:str = "magnitude"       # magnitude | random | lamp | wanda | sparsegpt | dsnot (Wanda mask refined by DSnoT)
+    method:str = "magnitude"       # A registered method: magnitude | random | lamp | wanda | sparsegpt | dsnot (Wanda mask refined by DSnoT)
     sparsity:float|None = None     # Fraction of zeros in [0, 1); None = 1 - N/M for an N:M pattern
     pattern:str = "unstructured"   # unstructured | N:M (e.g. 2:4, 4:8) | heads | channels
     scope:str|None = None          # layer | global (magnitude); None = global for lamp, else layer
@@ -41,7 +78,7 @@ class PruneConfig:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
-        check(self.method in METHODS, f"unknown pruning method {self.method!r}: use one of {', '.join(METHODS)}")
+        p = pruner(self.method)
         nm = parse_nm(self.pattern)
         check(nm is not None or self.pattern in ("unstructured",) + STRUCTURED,
               f"unknown pattern {self.pattern!r}: use unstructured, N:M (e.g. 2:4, 4:8), heads or channels")
@@ -50,28 +87,27 @@ class PruneConfig:
             check(0 < n < m, f"N:M pattern needs 0 < N < M, got {self.pattern}")
             check(self.sparsity is None or abs(self.sparsity - (1 - n / m)) < 1e-9,
                   f"pattern {self.pattern} fixes the sparsity at {1 - n / m:g}; got sparsity {self.sparsity}")
-            check(self.method not in ("lamp", "dsnot"), f"{self.method} allocates/refines unstructured masks: use pattern unstructured")
+            check(p.nm, f"{self.method} allocates/refines unstructured masks: use pattern unstructured")
             set_("sparsity", 1 - n / m)
         check(self.sparsity is not None, f"give a sparsity in [0, 1) for pattern {self.pattern}")
         check(isinstance(self.sparsity, (int, float)) and 0 <= self.sparsity < 1,
               f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.pattern in STRUCTURED:
-            check(self.method in ("magnitude", "wanda", "random"),
-                  f"structured ({self.pattern}) pruning scores by magnitude, wanda or random, not {self.method}")
-        scope = self.scope or ("global" if self.method == "lamp" else "layer")
+            check(p.structured, f"structured ({self.pattern}) pruning scores by {_names(lambda q: q.structured)}, not {self.method}")
+        scope = self.scope or p.scopes[0]
         check(scope in ("layer", "global"), f"unknown scope {self.scope!r}: use layer or global")
-        check(scope == "layer" or self.method in ("magnitude", "lamp") and self.pattern == "unstructured",
-              f"scope global is for unstructured magnitude and lamp, not {self.method} with pattern {self.pattern}")
-        check(self.method != "lamp" or scope == "global", "lamp sets layer ratios from one global ranking: scope must be global")
+        check(scope == "layer" or "global" in p.scopes and self.pattern == "unstructured",
+              f"scope global is for unstructured {_names(lambda q: 'global' in q.scopes)}, not {self.method} with pattern {self.pattern}")
+        check(scope in p.scopes, f"{self.method} takes scope {' or '.join(p.scopes)}, not {scope}")
         set_("scope", scope)
-        check(self.bits is None or self.method == "sparsegpt", f"bits (joint quantization) is for sparsegpt only, not {self.method}")
+        check(self.bits is None or p.joint_bits, f"bits (joint quantization) is for {_names(lambda q: q.joint_bits)} only, not {self.method}")
         check(self.bits is None or 2 <= self.bits <= 8, f"bits must be in 2..8, got {self.bits}")
-        check(self.block_size >= 1 and 0 < self.damp < 1, f"need block_size ≥ 1 and 0 < damp < 1")
+        check(self.block_size >= 1 and 0 < self.damp < 1, "need block_size ≥ 1 and 0 < damp < 1")
 
     @property
     def nm(self) -> tuple[int, int]|None: return parse_nm(self.pattern)
     @property
-    def needs_calib(self) -> bool: return self.method in ("wanda", "sparsegpt", "dsnot")
+    def needs_calib(self) -> bool: return pruner(self.method).needs_calib
     def to_json(self) -> str: return json.dumps(asdict(self))
     @classmethod
     def from_json(cls, s:str): return cls(**json.loads(s))
@@ -145,8 +181,10 @@ def memory_bytes(W:torch.Tensor, # A (masked) dense weight
     "Dense, bitmask, CSR and (if 2:4) 2:4-compressed bytes of a weight whose zeros are the pruned entries."
     b = bytes_per_value or W.element_size()
     n, rows, nnz = W.numel(), W.shape[0], int((W != 0).sum())
-    return {"dense_bytes": n * b, "bitmask_bytes": nnz * b + math.ceil(n / 8), "csr_bytes": nnz * (b + 4) + 4 * (rows + 1),
+    size = lambda layout: math.ceil(stored_bits(rows, n // rows, 8 * b, kept=nnz, layout=layout) / 8)
+    return {"dense_bytes": size("dense"), "bitmask_bytes": size("bitmask"), "csr_bytes": size("csr"),
             "two_four_bytes": n // 2 * b + n // 8 if is_nm(W) else None}
+
 
 # %% ../../nbs/40_prune_core.ipynb #79eb82c5
 UNSTRUCTURED_NOTE = ("unstructured sparsity saves no dense memory: the pruned weights are stored as zeros in dense "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import torch
 from torch import nn
-from ..core import check, derive_seed
+from ..core import derive_seed
 from .core import keep_topk, n_pruned
 
 # %% auto #0

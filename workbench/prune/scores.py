@@ -6,33 +6,13 @@ refinement (`compression.md` §8.1–8.3, §8.8)."""
 # %% ../../nbs/41_prune_scores.ipynb #4e4faf7e
 from __future__ import annotations
 import torch
-from ..core import check, derive_seed
+from ..core import derive_seed
+from .core import mask_from_scores, register_pruner
+from ..quant.calib import InputStats
+
 
 # %% auto #0
-__all__ = ['InputStats', 'magnitude_scores', 'random_scores', 'wanda_scores', 'lamp_scores', 'dsnot']
-
-# %% ../../nbs/41_prune_scores.ipynb #747821bb
-class InputStats:
-    "Running statistics of a layer's inputs over calibration tokens."
-    def __init__(self, d:int, # Input width
-                 hessian:bool=False, device=None):
-        z = lambda *s: torch.zeros(*s, dtype=torch.float64 if not hessian else torch.float32, device=device)
-        self.tokens, self.sum, self.sumsq = 0, z(d), z(d)
-        self.xtx = torch.zeros(d, d, device=device) if hessian else None
-    @torch.no_grad()
-    def add(self, x:torch.Tensor):
-        "Add a batch of inputs (..., d)."
-        x = x.detach().reshape(-1, x.shape[-1]).float()
-        self.tokens += len(x); self.sum += x.sum(0).to(self.sum.dtype); self.sumsq += (x * x).sum(0).to(self.sum.dtype)
-        if self.xtx is not None: self.xtx += x.T @ x
-    @property
-    def mean(self) -> torch.Tensor: return (self.sum / self.tokens).float()
-    @property
-    def var(self) -> torch.Tensor: return (self.sumsq / self.tokens - (self.sum / self.tokens) ** 2).clamp_min(0).float()
-    @property
-    def norm(self) -> torch.Tensor: return (self.sumsq / self.tokens).sqrt().float()
-    @property
-    def hessian(self) -> torch.Tensor: return 2 / self.tokens * self.xtx
+__all__ = ['magnitude_scores', 'random_scores', 'wanda_scores', 'lamp_scores', 'dsnot']
 
 # %% ../../nbs/41_prune_scores.ipynb #c2e55c31
 def magnitude_scores(W:torch.Tensor) -> torch.Tensor:
@@ -87,3 +67,20 @@ def dsnot(W:torch.Tensor,      # (rows, d_in) dense weight
         keep[r, gi[ok]] = True; keep[r, pi[ok]] = False
         e[ok] = e_new[ok] + c[r, pi[ok]]
     return keep
+
+# %% ../../nbs/41_prune_scores.ipynb #63bbe5ad
+def _wanda(W:torch.Tensor, c, st:InputStats) -> torch.Tensor:
+    return W * mask_from_scores(wanda_scores(W, st.norm), c.sparsity, "row", c.nm)
+
+def _dsnot(W:torch.Tensor, c, st:InputStats) -> torch.Tensor:
+    return W * dsnot(W, mask_from_scores(wanda_scores(W, st.norm), c.sparsity, "row", c.nm), st)
+
+register_pruner("magnitude", False, "smallest |W| first, per layer or over all layers", scores=lambda W, c, name: magnitude_scores(W),
+                scopes=("layer", "global"), structured=True)
+register_pruner("random", False, "a seeded random mask (the baseline)", scores=lambda W, c, name: random_scores(W, c.seed, name),
+                structured=True)
+register_pruner("lamp", False, "layer-adaptive magnitude: one global ranking of LAMP scores", scores=lambda W, c, name: lamp_scores(W),
+                scopes=("global",), nm=False)
+register_pruner("wanda", True, "|W| times the input norm, per output row", prune_layer=_wanda, structured=True)
+register_pruner("dsnot", True, "Wanda's mask refined by DSnoT's prune-and-grow swaps", prune_layer=_dsnot, nm=False)
+

@@ -6,21 +6,22 @@ optionally, quantized) weight's error onto the columns not yet visited (`compres
 # %% ../../nbs/42_prune_sparsegpt.ipynb #dedd6374
 from __future__ import annotations
 import torch
-from ..core import WorkbenchError, check
-from .core import keep_topk, n_pruned
+from ..core import check
+from .core import keep_topk, n_pruned, register_pruner
+from ..quant.formats import QuantConfig, decode, encode, quant_params
+from ..quant.gptq import drop_dead_inputs, inverse_hessian_factor
+
 
 # %% auto #0
 __all__ = ['sparsegpt']
 
 # %% ../../nbs/42_prune_sparsegpt.ipynb #fc6b69be
-def _minmax_params(W:torch.Tensor, bits:int):
-    "Per-row asymmetric scale and zero point (range widened to include 0, as GPTQ's quantizer)."
-    lo, hi = W.min(1).values.clamp(max=0), W.max(1).values.clamp(min=0)
-    scale = ((hi - lo) / (2 ** bits - 1)).clamp_min(1e-12)
-    return scale, torch.round(-lo / scale)
+def _row_grid(W:torch.Tensor, bits:int) -> tuple:
+    "Per-row asymmetric int grid of `W` (range widened to include 0, float32 scales as GPTQ's quantizer): (cfg, scale, zero)."
+    cfg = QuantConfig("rtn", bits, None)
+    scale, zero = quant_params(W, cfg, fp16_scales=False)
+    return cfg, scale, zero
 
-def _quant(w:torch.Tensor, scale, zero, bits:int) -> torch.Tensor:
-    return scale * (torch.clamp(torch.round(w / scale) + zero, 0, 2 ** bits - 1) - zero)
 
 # %% ../../nbs/42_prune_sparsegpt.ipynb #5c7de546
 @torch.no_grad()
@@ -32,16 +33,11 @@ def sparsegpt(W:torch.Tensor,             # (rows, cols) weight
               bits:int|None=None,         # Quantize the kept weights to this many bits in the same pass
              ) -> tuple[torch.Tensor, torch.Tensor]:
     "SparseGPT: (updated weight with zeros, keep mask)."
-    W = W.detach().float().clone(); H = H.float().clone()
     rows, cols = W.shape
     if nm: check(cols % nm[1] == 0, f"N:M pattern {nm[0]}:{nm[1]} needs the input width to be a multiple of {nm[1]}; a layer has {cols}")
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1; W[:, dead] = 0
-    if bits: scale, zero = _minmax_params(W, bits)
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, device=H.device)
-    try: U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    except torch.linalg.LinAlgError:
-        raise WorkbenchError(f"SparseGPT: the damped Hessian is not positive definite (damp={damp}); raise damp") from None
+    W, H = drop_dead_inputs(W, H)
+    if bits: grid, scale, zero = _row_grid(W, bits)      # the int grid of quant.formats, one (scale, zero) per row
+    U = inverse_hessian_factor(H, damp, "SparseGPT")
     keep = torch.ones(rows, cols, dtype=torch.bool, device=W.device)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -55,7 +51,7 @@ def sparsegpt(W:torch.Tensor,             # (rows, cols) weight
                 m = nm[1]; k1[:, i:i + m] = keep_topk(W1[:, i:i + m] ** 2 / d[None, i:i + m] ** 2, m - nm[0])
             w = W1[:, i]
             q = torch.where(k1[:, i], w, torch.zeros_like(w))
-            if bits: q = torch.where(k1[:, i], _quant(q, scale, zero, bits), q)
+            if bits: q = torch.where(k1[:, i], decode(encode(q, scale, zero, grid), scale, zero, grid), q)
             Q1[:, i] = q
             e = (w - q) / d[i]
             W1[:, i:] -= e[:, None] * U1[i, i:][None, :]
@@ -63,3 +59,8 @@ def sparsegpt(W:torch.Tensor,             # (rows, cols) weight
         W[:, i1:i2] = Q1; keep[:, i1:i2] = k1
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
     return W, keep
+
+register_pruner("sparsegpt", True, "OBS saliency from the calibration Hessian, with error compensation (optionally int-quantized jointly)",
+                prune_layer=lambda W, c, st: sparsegpt(W, st.hessian, c.sparsity, c.nm, c.block_size, c.damp, c.bits)[0].to(W.dtype),
+                joint_bits=True)
+

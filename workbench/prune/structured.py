@@ -10,7 +10,8 @@ from torch import nn
 from ..core import check, derive_seed
 
 # %% auto #0
-__all__ = ['shrink_linear', 'head_scores', 'math_prod', 'channel_scores', 'remove_heads', 'remove_channels', 'prune_structured']
+__all__ = ['shrink_linear', 'head_scores', 'math_prod', 'channel_scores', 'remove_heads', 'remove_channels', 'structured_counts',
+           'prune_structured']
 
 # %% ../../nbs/43_prune_structured.ipynb #bef8746c
 def shrink_linear(lin:nn.Linear, rows:torch.Tensor|None=None, cols:torch.Tensor|None=None) -> nn.Linear:
@@ -93,23 +94,31 @@ def remove_channels(model:nn.Module, keep:dict[int, torch.Tensor]):
     model.config.intermediate_size = counts.pop()
 
 # %% ../../nbs/43_prune_structured.ipynb #5ec8de68
+def structured_counts(config, pattern:str, # heads | channels
+                      sparsity:float) -> tuple[int, int]:
+    "(heads or channels per block, how many to remove): `WorkbenchError` if the pruned model would not be valid."
+    total = config.num_attention_heads if pattern == "heads" else config.intermediate_size
+    n_rm = int(round(sparsity * total))
+    check(n_rm < total, f"structured pruning would remove all {total} {pattern} of every block (sparsity {sparsity}); keep at least one")
+    if pattern == "heads":
+        check(config.num_key_value_heads == config.num_attention_heads, "head pruning supports models without grouped KV heads")
+        check(config.hidden_size % (total - n_rm) == 0,
+              f"keeping {total - n_rm} of {total} heads: the Llama config needs the hidden size ({config.hidden_size}) to be a multiple of the head count; "
+              f"use a sparsity that keeps {', '.join(str(h) for h in range(1, total) if config.hidden_size % h == 0)} heads")
+    return total, n_rm
+
 def prune_structured(model:nn.Module, pattern:str, # heads | channels
                      sparsity:float, method:str="magnitude",
                      norms:dict[int, torch.Tensor]|None=None, # Block -> ‖X_j‖₂ of o_proj (heads) / down_proj (channels) inputs
                      seed:int=0) -> dict[int, torch.Tensor]:
     "Remove the `sparsity` fraction of heads or MLP channels in every block (rounded); returns what each block kept."
-    cfg, layers = model.config, model.model.layers
-    total = cfg.num_attention_heads if pattern == "heads" else cfg.intermediate_size
-    n_rm = int(round(sparsity * total))
-    check(n_rm < total, f"structured pruning would remove all {total} {pattern} of every block (sparsity {sparsity}); keep at least one")
-    check(pattern != "heads" or cfg.hidden_size % (total - n_rm) == 0,
-          f"keeping {total - n_rm} of {total} heads: the Llama config needs the hidden size ({cfg.hidden_size}) to be a multiple of the head count; "
-          f"use a sparsity that keeps {', '.join(str(h) for h in range(1, total) if cfg.hidden_size % h == 0)} heads")
+    total, n_rm = structured_counts(model.config, pattern, sparsity)
     keep = {}
-    for i, b in enumerate(layers):
+    for i, b in enumerate(model.model.layers):
         nrm = None if norms is None else norms.get(i)
         sc = (head_scores(b.self_attn, total, method, nrm, seed, str(i)) if pattern == "heads"
               else channel_scores(b.mlp, method, nrm, seed, str(i)))
         keep[i] = _keep_top(sc, n_rm)
     (remove_heads if pattern == "heads" else remove_channels)(model, keep)
     return keep
+

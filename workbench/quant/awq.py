@@ -6,7 +6,10 @@ activations, folded into the previous operator, then group-wise RTN with a clipp
 # %% ../../nbs/33_quant_awq.ipynb #c9eabcc2
 from __future__ import annotations
 import torch
-from .formats import QuantConfig, QWeight, group_view, rtn
+from torch import nn
+from .calib import _Stop
+from .formats import QuantConfig, QWeight, group_view, register_quantizer, rtn
+
 
 # %% auto #0
 __all__ = ['awq_scale_search', 'awq_clip', 'awq']
@@ -68,3 +71,79 @@ def awq(W:torch.Tensor, X:torch.Tensor|None, cfg:QuantConfig, # W (rows, d_in), 
     qw = rtn(Ws, cfg)
     if s is not None and not folded: qw.input_scale = s.float()
     return qw
+
+# %% ../../nbs/33_quant_awq.ipynb #8310c00e
+_FOLD_INTO_ROWS = {"mlp.down_proj": "mlp.up_proj", "self_attn.o_proj": "self_attn.v_proj",
+                   "attention.output.dense": "attention.self.value"}   # Llama, BERT: y = W_next (f(x) ⊙ W_prev x)
+
+def _get(model:nn.Module, name:str) -> nn.Module|None:
+    try: return model.get_submodule(name)
+    except AttributeError: return None
+
+@torch.no_grad()
+def _previous_op(model:nn.Module, group:list[str], batch:torch.Tensor) -> nn.Module|None:
+    "A module whose output rows feed `group` elementwise: the norm whose output is the group's input, or a known linear."
+    first = group[0]
+    for suffix, prev in _FOLD_INTO_ROWS.items():
+        if len(group) == 1 and first.endswith(suffix):
+            cfg = model.config
+            if suffix.endswith("o_proj") and getattr(cfg, "num_key_value_heads", None) not in (None, cfg.num_attention_heads): return None
+            m = _get(model, first[: -len(suffix)] + prev)
+            return m if isinstance(m, nn.Linear) else None
+    norms = {n: m for n, m in model.named_modules() if "norm" in type(m).__name__.lower() and getattr(m, "weight", None) is not None}
+    out, found = {}, []
+    def post(mod, a, o): out[o.data_ptr()] = (mod, o)             # holding o keeps its address from being reused
+    def pre(mod, a):
+        found.append(out.get(a[0].data_ptr(), (None,))[0]); raise _Stop()
+    hs = [m.register_forward_hook(post) for m in norms.values()]
+    hs.append(model.get_submodule(first).register_forward_pre_hook(pre))
+    try:
+        kw = {"use_cache": False} if getattr(model.config, "use_cache", False) else {}
+        model(input_ids=batch[None].to(next(model.parameters()).device), **kw)
+    except _Stop: pass
+    finally:
+        for h in hs: h.remove()
+    return found[0] if found else None
+
+@torch.no_grad()
+def _fold(prev:nn.Module, members:list[nn.Module], s:torch.Tensor):
+    "prev's output channel j ÷ s_j, members' input column j × s_j: the float model is unchanged."
+    if isinstance(prev, nn.Linear): prev.weight.div_(s[:, None])
+    else: prev.weight.div_(s)
+    if getattr(prev, "bias", None) is not None: prev.bias.div_(s)
+    for m in members: m.weight.mul_(s[None, :])
+
+# %% ../../nbs/33_quant_awq.ipynb #27847e0c
+@torch.no_grad()
+def _output(model, batch):
+    kw = {"use_cache": False} if getattr(model.config, "use_cache", False) else {}
+    return model(input_ids=batch[None].to(next(model.parameters()).device), **kw)[0]
+
+@torch.no_grad()
+def _awq_block(model, groups, X, plan, batch) -> dict:
+    "Search AWQ scales for every input group with an AWQ layer; fold them where possible. Returns {name: (s, folded, α)}."
+    out = {}
+    for g in groups:
+        aw = [n for n in g if plan[n].method == "awq"]
+        if not aw: continue
+        mods = [model.get_submodule(n) for n in g]
+        s, alpha, _ = awq_scale_search([m.weight for m in mods], X[g[0]], plan[aw[0]])
+        prev = _previous_op(model, g, batch)
+        if prev is not None:
+            # a post-norm model (BERT) also feeds the norm's output to the residual: folding would change the
+            # function, so check the float output and undo the fold if it moved
+            keep = [t.clone() for t in [prev.weight] + ([prev.bias] if getattr(prev, "bias", None) is not None else []) + [m.weight for m in mods]]
+            ref = _output(model, batch); _fold(prev, mods, s)
+            if not torch.allclose(_output(model, batch), ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item()):
+                for t, k in zip([prev.weight] + ([prev.bias] if getattr(prev, "bias", None) is not None else []) + [m.weight for m in mods], keep): t.copy_(k)
+                prev = None
+        for n in aw: out[n] = (s, prev is not None, alpha)
+    return out
+
+@register_quantizer("awq", needs_calib=True, block_step=_awq_block,
+                    doc="activation-aware: per-input-channel scales searched on the calibration inputs, folded into the previous operator")
+def _awq_layer(W, cfg, X, extra):
+    s, folded, alpha = extra if extra else (None, True, 0.0)
+    qw = awq(W, X, cfg, None if folded else s, folded=folded)
+    return (qw, dict(alpha=alpha, folded=folded)) if extra else qw
+

@@ -4,23 +4,59 @@
 
 # %% ../../nbs/30_quant_formats.ipynb #05700977
 from __future__ import annotations
-import json, math
-from dataclasses import asdict, dataclass, field
+import importlib, pkgutil
+from dataclasses import asdict, dataclass
+from typing import Callable
 import torch
-from ..core import WorkbenchError, check
+from ..core import check
+
 
 # %% auto #0
-__all__ = ['METHODS', 'FORMATS', 'NF4_LEVELS', 'QuantConfig', 'minifloat_grid', 'format_grid', 'group_view', 'quant_params',
-           'encode', 'decode', 'QWeight', 'rtn', 'fake_quant']
+__all__ = ['FORMATS', 'QUANTIZERS', 'NF4_LEVELS', 'Quantizer', 'register_quantizer', 'quantizer', 'quantizers', 'QuantConfig',
+           'minifloat_grid', 'format_grid', 'group_view', 'quant_params', 'encode', 'decode', 'stored_bits',
+           'tensor_bytes', 'QWeight', 'rtn', 'fake_quant']
 
 # %% ../../nbs/30_quant_formats.ipynb #dff432f5
-METHODS = ("rtn", "awq", "gptq", "squeezellm")
 FORMATS = {"int": None, "nf4": 4, "fp8_e4m3": 8, "fp8_e5m2": 8, "fp4_e2m1": 4}  # format -> implied bits
+
+@dataclass(frozen=True)
+class Quantizer:
+    "A registered quantization method: how it rounds one layer, and what it needs."
+    name: str
+    quantize_layer: Callable          # (W, cfg, X, extra) -> QWeight, or (QWeight, report fields)
+    needs_calib: bool                 # Reads calibration activations X (quantize refuses to run without them)
+    doc: str                          # One line, for listings and --help
+    validate: Callable|None = None    # (cfg) -> {field: value} to fix, after checking the method's own fields
+    prepare: Callable|None = None     # (model, {name: layer}, batches) -> {name: extra}: one whole-model pass first
+    block_step: Callable|None = None  # (model, groups, X, plan, batch) -> {name: extra}: per block, then inputs recaptured
+
+QUANTIZERS: dict[str, Quantizer] = {}
+
+def register_quantizer(name:str, needs_calib:bool, doc:str, **hooks) -> Callable:
+    "Decorator: register `fn(W, cfg, X, extra)` as the quantization method `name` (hooks: validate, prepare, block_step)."
+    def deco(fn):
+        QUANTIZERS[name] = Quantizer(name, fn, needs_calib, doc, **hooks)
+        return fn
+    return deco
+
+def _import_all(package:str):
+    "Import every module of `package`: each registers its methods on import."
+    for m in pkgutil.iter_modules(importlib.import_module(package).__path__): importlib.import_module(f"{package}.{m.name}")
+
+def quantizer(name:str) -> Quantizer:
+    "The registered method `name`; `WorkbenchError` listing the methods otherwise."
+    if name not in QUANTIZERS: _import_all("workbench.quant")
+    check(name in QUANTIZERS, f"unknown quantization method {name!r}: use one of {', '.join(QUANTIZERS)}")
+    return QUANTIZERS[name]
+
+def quantizers() -> dict[str, Quantizer]:
+    "Every quantization method, by name (the built-in ones included)."
+    _import_all("workbench.quant"); return dict(QUANTIZERS)
 
 @dataclass(frozen=True)
 class QuantConfig:
     "How to quantize the weights of one linear layer."
-    method: str = "rtn"            # rtn | awq | gptq | squeezellm
+    method: str = "rtn"            # A registered method: rtn | awq | gptq | squeezellm
     bits: int|None = None          # 2–8 for int and squeezellm (default 4); implied by nf4 / fp8_* / fp4_e2m1
     group_size: int|None = 128     # Input columns sharing one scale; None = one scale per output channel
     symmetric: bool = False        # int only: zero fixed at 2^(b-1) (no zero stored)
@@ -34,7 +70,7 @@ class QuantConfig:
     kmeans_iters: int = 50         # SqueezeLLM: Lloyd iterations of the weighted k-means
 
     def __post_init__(self):
-        check(self.method in METHODS, f"unknown quantization method {self.method!r}: use one of {', '.join(METHODS)}")
+        q = quantizer(self.method)
         check(self.fmt in FORMATS, f"unknown format {self.fmt!r}: use one of {', '.join(FORMATS)}")
         implied = FORMATS[self.fmt]
         bits = self.bits if self.bits is not None else (implied or 4)
@@ -43,9 +79,7 @@ class QuantConfig:
         object.__setattr__(self, "bits", bits)
         check(self.group_size is None or (isinstance(self.group_size, int) and self.group_size >= 1),
               f"group_size must be a positive integer or None (per channel), got {self.group_size}")
-        check(self.method != "squeezellm" or self.fmt == "int",
-              "squeezellm learns its own per-channel codebook: use fmt='int' (bits = log2 of the codebook size)")
-        if self.method == "squeezellm": object.__setattr__(self, "group_size", None)  # one codebook per row
+        for k, v in (q.validate(self) if q.validate else {}).items(): object.__setattr__(self, k, v)
         check(self.fmt == "int" or not self.symmetric, f"symmetric applies to int only; {self.fmt} is symmetric by construction")
         check(self.alpha_grid >= 1, f"alpha_grid must be ≥ 1, got {self.alpha_grid}")
         check(0 < self.damp < 1, f"damp must be in (0, 1), got {self.damp}")
@@ -56,7 +90,10 @@ class QuantConfig:
     @classmethod
     def from_dict(cls, d:dict) -> QuantConfig: return cls(**d)
     @property
-    def zero_bits(self) -> int: return self.bits if self.fmt == "int" and not self.symmetric and self.method != "squeezellm" else 0
+    def needs_calib(self) -> bool: return quantizer(self.method).needs_calib
+    @property
+    def zero_bits(self) -> int: return self.bits if self.fmt == "int" and not self.symmetric else 0
+
 
 # %% ../../nbs/30_quant_formats.ipynb #a1b1a64e
 NF4_LEVELS = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -96,20 +133,23 @@ def group_view(W:torch.Tensor, group_size:int|None) -> torch.Tensor:
     return W.reshape(W.shape[0], W.shape[1] // g, g)
 
 def quant_params(Wg:torch.Tensor, # (..., g): the values of each group on the last axis
-                 cfg:QuantConfig) -> tuple[torch.Tensor, torch.Tensor|None]:
+                 cfg:QuantConfig,
+                 fp16_scales:bool=True, # Round scales to fp16 (as stored); False keeps float32 (SparseGPT's joint pass)
+                ) -> tuple[torch.Tensor, torch.Tensor|None]:
     "Scale and zero point of each group, each (...); zero is None for symmetric and float formats."
     Wg = Wg.float()
     if cfg.fmt == "int" and not cfg.symmetric:
         lo, hi = Wg.amin(-1).clamp(max=0), Wg.amax(-1).clamp(min=0)
-        s = _fp16((hi - lo) / (2 ** cfg.bits - 1))
+        s = _scales((hi - lo) / (2 ** cfg.bits - 1), fp16_scales)
         return s, torch.round(-lo / s).clamp(0, 2 ** cfg.bits - 1)
     top = 2 ** (cfg.bits - 1) - 1 if cfg.fmt == "int" else float(format_grid(cfg.fmt).max())
-    return _fp16(Wg.abs().amax(-1) / top), None
+    return _scales(Wg.abs().amax(-1) / top, fp16_scales), None
 
-def _fp16(s:torch.Tensor) -> torch.Tensor:
-    "Scales as fp16 values (in float32); an all-zero group gets scale 1."
-    s = s.half().float()
+def _scales(s:torch.Tensor, fp16:bool=True) -> torch.Tensor:
+    "Scales (in float32), as fp16 values unless told otherwise; an all-zero group gets scale 1."
+    if fp16: s = s.half().float()
     return torch.where(s > 0, s, torch.ones_like(s))
+
 
 # %% ../../nbs/30_quant_formats.ipynb #5e486ec3
 def encode(w:torch.Tensor, scale:torch.Tensor, zero:torch.Tensor|None, # Broadcastable to w
@@ -127,6 +167,23 @@ def decode(q:torch.Tensor, scale:torch.Tensor, zero:torch.Tensor|None, cfg:Quant
     return format_grid(cfg.fmt).to(q.device)[q] * scale
 
 # %% ../../nbs/30_quant_formats.ipynb #e081a526
+def stored_bits(rows:int, cols:int,  # The weight's shape
+                bits:int,            # Bits of each stored value
+                groups:int=0,        # Scale groups per row: an fp16 scale each, plus `zero_bits`
+                zero_bits:int=0,
+                kept:int|None=None,  # Non-zero values (pruning); None = all
+                layout:str="dense",  # dense | bitmask (values of the kept weights + 1 bit per weight) | csr (32-bit indices)
+               ) -> int:
+    "Bits a weight takes in a storage layout: the one size formula of quantized and pruned weights (`compression.md` §0.3)."
+    n = rows * cols; k = n if kept is None else kept
+    check(layout in ("dense", "bitmask", "csr"), f"unknown layout {layout!r}: use dense, bitmask or csr")
+    body = {"dense": n * bits, "bitmask": k * bits + n, "csr": k * (bits + 32) + 32 * (rows + 1)}[layout]
+    return body + rows * groups * (16 + zero_bits)
+
+def tensor_bytes(tensors) -> int:
+    "Bytes the tensors hold, as stored (numel × element size)."
+    return sum(t.numel() * t.element_size() for t in tensors)
+
 @dataclass
 class QWeight:
     "A quantized weight: codes and what decodes them."
@@ -157,12 +214,12 @@ class QWeight:
     def theory_bits(self) -> int:
         "Bits of the format (compression.md §0.3): codes + 16-bit scales + zeros + codebooks + sparse part (CSR) + input scales."
         rows, cols = self.codes.shape
-        b = self.codes.numel() * self.cfg.bits
-        if self.scale is not None: b += self.scale.numel() * (16 + self.cfg.zero_bits)
+        b = stored_bits(rows, cols, self.cfg.bits, 0 if self.scale is None else self.scale.shape[1], self.cfg.zero_bits)
         if self.lut is not None: b += self.lut.numel() * 16
-        if self.sparse_idx is not None: b += self.sparse_idx.numel() * (16 + 32) + 32 * (rows + 1)
+        if self.sparse_idx is not None: b += stored_bits(rows, cols, 16, kept=self.sparse_idx.numel(), layout="csr")
         if self.input_scale is not None: b += cols * 16
         return b
+
 
 # %% ../../nbs/30_quant_formats.ipynb #324338c5
 def rtn(W:torch.Tensor,   # (rows, cols) weight
@@ -174,6 +231,10 @@ def rtn(W:torch.Tensor,   # (rows, cols) weight
     q = encode(Wg, s[..., None], None if z is None else z[..., None], cfg)
     return QWeight(q.reshape(W.shape), cfg, s, z)
 
+@register_quantizer("rtn", needs_calib=False, doc="round to nearest: one scale (and zero) per group from its own range")
+def _rtn_layer(W, cfg, X, extra): return rtn(W, cfg)
+
 def fake_quant(W:torch.Tensor, cfg:QuantConfig) -> torch.Tensor:
     "Quantize-dequantize `W` with RTN (same shape and dtype)."
     return rtn(W, cfg).dequantize().to(W.dtype)
+

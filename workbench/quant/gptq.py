@@ -7,17 +7,32 @@ inverse Hessian of the layer's reconstruction loss (`compression.md` §3)."""
 from __future__ import annotations
 import torch
 from ..core import WorkbenchError
-from .formats import QuantConfig, QWeight, decode, encode, group_view, quant_params, rtn
+from .calib import hessian
+from .formats import QuantConfig, QWeight, decode, encode, group_view, quant_params, register_quantizer
+
 
 # %% auto #0
-__all__ = ['hessian', 'gptq']
+__all__ = ['drop_dead_inputs', 'inverse_hessian_factor', 'gptq']
 
 # %% ../../nbs/34_quant_gptq.ipynb #da640ca3
-def hessian(X:torch.Tensor # Layer input (tokens, d_in)
-           ) -> torch.Tensor:
-    "H = 2/T · XᵀX (d_in × d_in, float32)."
-    X = X.float()
-    return 2 / len(X) * X.T @ X
+def drop_dead_inputs(W:torch.Tensor, # (rows, cols) weight
+                     H:torch.Tensor, # (cols, cols) Hessian of the layer's inputs
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Float copies of W and H with the inputs that never fire (zero Hessian diagonal) neutralised: H_jj = 1, W_:j = 0."
+    W = W.detach().float().clone(); H = H.float().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1; W[:, dead] = 0
+    return W, H
+
+def inverse_hessian_factor(H:torch.Tensor, # (cols, cols) Hessian, columns in processing order
+                           damp:float,     # λ = damp · mean(diag H)
+                           method:str="GPTQ") -> torch.Tensor:
+    "U, the upper Cholesky factor of (H + λI)⁻¹: row j carries column j's error to the later columns (GPTQ, SparseGPT)."
+    H = H + damp * torch.mean(torch.diag(H)) * torch.eye(len(H), device=H.device)
+    try: return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    except torch.linalg.LinAlgError:
+        raise WorkbenchError(f"{method}: the damped Hessian is not positive definite (damp={damp}); raise damp") from None
+
 
 # %% ../../nbs/34_quant_gptq.ipynb #19ba3ffd
 @torch.no_grad()
@@ -25,12 +40,10 @@ def gptq(W:torch.Tensor, # (rows, cols) weight
          H:torch.Tensor, # (cols, cols) Hessian of the layer's inputs
          cfg:QuantConfig) -> QWeight:
     "GPTQ: column-by-column quantization with inverse-Hessian error feedback."
-    W = W.detach().float().clone(); H = H.float().clone()
+    W, H = drop_dead_inputs(W, H)
     rows, cols = W.shape
     g = cols if cfg.group_size is None else cfg.group_size
     ng = cols // g
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1; W[:, dead] = 0
     scale, zero = torch.ones(rows, ng, device=W.device), (None if quant_params(W[:1, :1], cfg)[1] is None else torch.zeros(rows, ng, device=W.device))
     static = cfg.act_order or cfg.group_size is None      # group parameters fixed from the original weights
     if static:
@@ -38,10 +51,7 @@ def gptq(W:torch.Tensor, # (rows, cols) weight
         if zero is not None: zero[:] = z
     perm = torch.argsort(torch.diag(H), descending=True) if cfg.act_order else torch.arange(cols)
     W, H = W[:, perm], H[perm][:, perm]
-    H += cfg.damp * torch.mean(torch.diag(H)) * torch.eye(cols, device=W.device)
-    try: U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    except torch.linalg.LinAlgError:
-        raise WorkbenchError(f"GPTQ: the damped Hessian is not positive definite (damp={cfg.damp}); raise damp") from None
+    U = inverse_hessian_factor(H, cfg.damp, "GPTQ")
     codes = torch.zeros(rows, cols, dtype=torch.long, device=W.device)
     for i1 in range(0, cols, cfg.block_size):
         i2 = min(i1 + cfg.block_size, cols)
@@ -60,3 +70,8 @@ def gptq(W:torch.Tensor, # (rows, cols) weight
             E1[:, i] = e
         W[:, i2:] -= E1 @ U[i1:i2, i2:]
     return QWeight(codes, cfg, scale, zero)
+
+@register_quantizer("gptq", needs_calib=True,
+                    doc="column by column, pushing each rounding error onto the columns not yet quantized (inverse Hessian)")
+def _gptq_layer(W, cfg, X, extra): return gptq(W, hessian(X), cfg)
+

@@ -5,7 +5,6 @@ from an integer program (`compression.md` §7)."""
 
 # %% ../../nbs/37_quant_hawq.ipynb #6a32effd
 from __future__ import annotations
-import itertools, math
 from dataclasses import dataclass, field, replace
 import numpy as np, torch
 from torch import nn

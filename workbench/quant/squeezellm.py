@@ -5,10 +5,11 @@ by the Fisher information, plus an optional sparse part of exact outliers (`comp
 
 # %% ../../nbs/35_quant_squeezellm.ipynb #4255826f
 from __future__ import annotations
-import torch
+import numpy as np, torch
 from torch import nn
-from .formats import QuantConfig, QWeight
-import numpy as np
+from ..core import check
+from .formats import QuantConfig, QWeight, register_quantizer
+
 
 # %% auto #0
 __all__ = ['fisher_diag', 'weighted_kmeans_rows', 'squeezellm']
@@ -72,3 +73,15 @@ def squeezellm(W:torch.Tensor, # (rows, cols) weight
     if idx is not None:                                                      # exact correction at the outliers
         qw.sparse_idx, qw.sparse_val = idx, (W0.flatten()[idx] - qw.lut.float().gather(1, a).flatten()[idx]).half()
     return qw
+def _one_codebook_per_row(cfg:QuantConfig) -> dict:
+    check(cfg.fmt == "int", "squeezellm learns its own per-channel codebook: use fmt='int' (bits = log2 of the codebook size)")
+    return {"group_size": None}
+
+def _fisher(model, modules, batches) -> dict:
+    "Fisher diagonals where the model has an LM loss; an encoder's layers fall back to E[x²] per input column."
+    return fisher_diag(model, modules, batches) if hasattr(model, "lm_head") else {}
+
+@register_quantizer("squeezellm", needs_calib=True, validate=_one_codebook_per_row, prepare=_fisher,
+                    doc="non-uniform: a Fisher-weighted k-means codebook per output channel, plus exact sparse outliers")
+def _squeezellm_layer(W, cfg, X, F): return squeezellm(W, F if F is not None else X.pow(2).mean(0).expand_as(W), cfg)
+

@@ -6,8 +6,7 @@
 from __future__ import annotations
 import torch, torch.nn.functional as F
 from torch import nn
-from ..core import check
-from .formats import QuantConfig, QWeight, decode
+from .formats import QuantConfig, QWeight, tensor_bytes
 
 # %% auto #0
 __all__ = ['pack_bits', 'unpack_bits', 'QuantLinear', 'from_qweight', 'to_qweight']
@@ -70,7 +69,7 @@ class QuantLinear(nn.Module):
     @property
     def stored_bytes(self) -> int:
         "Bytes of every buffer and the bias, as held."
-        return sum(b.numel() * b.element_size() for b in self.buffers()) + (0 if self.bias is None else self.bias.numel() * self.bias.element_size())
+        return tensor_bytes(self.buffers()) + (0 if self.bias is None else tensor_bytes([self.bias]))
 
     def __repr__(self): return (f"QuantLinear({self.in_features}, {self.out_features}, {self.cfg.method}/{self.cfg.fmt}"
                                 f"{self.cfg.bits}, g={self.cfg.group_size}, {self.stored_bytes} B)")
