@@ -79,7 +79,9 @@ def test_local_and_ray_fronts_equal(tmp_path):
     (["sweep", "--preset", "quick", "--strategy", "annealing", "--store", "x.db"], ["unknown strategy", "nsga2"]),
     (["sweep", "--preset", "quick", "--trials", "0", "--store", "x.db"], ["trials must be"]),
     (["sweep", "--preset", "quick", "--backend", "slurm", "--store", "x.db"], ["unknown backend"]),
-    (["sweep", "no/such.yaml", "--store", "x.db"], ["not found"]),
+    (["sweep", "no/such.yaml", "--store", "x.db"], ["does not exist"]),
+    (["sweep", ".", "--store", "x.db"], ["is a directory"]),
+    (["sweep", "--preset", "quick", "--store", "/proc/wb/x.db"], ["cannot be written"]),
 ])
 def test_sweep_bad_input(args, needles, tmp_path):
     assert_clean_error(*run_cli(*args, "--json", cwd=tmp_path), *needles)
@@ -87,6 +89,38 @@ def test_sweep_bad_input(args, needles, tmp_path):
 
 def test_sweep_bad_space_and_store(tmp_path):
     (tmp_path / "s.yaml").write_text("space:\n  bits: [5]\n")
-    assert_clean_error(*run_cli("sweep", "s.yaml", "--store", "x.db", "--json", cwd=tmp_path), "bits")
+    assert_clean_error(*run_cli("sweep", "s.yaml", "--store", "x.db", "--json", cwd=tmp_path), "bits", "allowed: 2, 3, 4, 8")
+    (tmp_path / "s.yaml").write_text("space:\n  bits: [99]\n")
+    assert_clean_error(*run_cli("sweep", "s.yaml", "--store", "x.db", "--json", cwd=tmp_path), "bad choice 99", "16 (fp16)")
+    (tmp_path / "junk.db").write_text("not a database at all")
+    assert_clean_error(*run_cli("sweep", *SMALL, "--store", "junk.db", "--resume", "--json", cwd=tmp_path), "not a SQLite file")
+    assert (tmp_path / "junk.db").read_text() == "not a database at all" and not (tmp_path / "junk.db.lock").exists()
     (tmp_path / "x.txt").write_text("")
     assert_clean_error(*run_cli("sweep", "--preset", "quick", "--store", "x.txt", "--json", cwd=tmp_path), ".db")
+
+
+def test_store_in_use_is_refused(tmp_path):
+    import os
+    from workbench.explore.sweep import store_lock
+    with store_lock(tmp_path / "busy.db"):                            # as a running sweep holds it
+        assert_clean_error(*run_cli("sweep", *SMALL, "--store", tmp_path / "busy.db", "--resume", "--json"),
+                           "in use by another sweep", f"pid {os.getpid()}")
+    assert not (tmp_path / "busy.db").exists()
+
+
+@pytest.mark.slow
+def test_concurrent_sweeps_on_one_store(tmp_path):
+    # two sweeps started at once on one new store: whichever way they interleave, no trial is stored twice
+    db = tmp_path / "shared.db"
+    args = [WORKBENCH, "sweep", *SMALL, "--trials", "12", "--store", str(db), "--resume", "--json"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    assert sorted(rc for rc, _, _ in results)[0] == 0, results
+    for rc, out, err in results:
+        if rc != 0: assert_clean_error(rc, out, err, "in use by another sweep")
+    keys = _keys(db)
+    assert len(keys) == len(set(keys.values()))                      # nothing stored twice
+    assert len(set(keys.values())) == sum(json.loads(o)["evaluated_now"] for rc, o, _ in results if rc == 0)
+    rc, out, err = run_cli(*args[1:])                                  # the store then resumes with nothing to redo
+    assert rc == 0, err
+    assert json.loads(out)["evaluated_now"] == 0 and _keys(db) == keys and not Path(f"{db}.lock").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 import typer
 from .cli import app, bench_app, emit, emit_bench
-from .core import check
+from .core import atomic_dir, check
 
 # %% auto #0
 __all__ = ['prune_cmd', 'bench_prune_cmd']
@@ -30,20 +30,18 @@ def prune_cmd(model_dir:Path=typer.Argument(..., help="Model directory"),
     "Prune a model (in a copy) and save it with safetensors; print the report."
     from workbench.prune.core import PruneConfig
     cfg = PruneConfig(method, sparsity, pattern, scope, bits, seed=seed)           # validates before anything else
-    check(not out.exists() or (out.is_dir() and not any(out.iterdir())), f"output directory {out} exists and is not empty")
     check(out.resolve() != Path(model_dir).resolve(), "--out must differ from MODEL_DIR (the input model is never changed)")
     check(calib_windows >= 1 and calib_len >= 2, "--calib-windows must be ≥ 1 and --calib-len ≥ 2")
     from workbench.corpus import read_text_split
     from workbench.models import load, quiet_transformers
     from workbench.prune.api import prune
     from workbench.quant.calib import calib_from_text
-    lm = load(model_dir, device)
-    cal = None
-    if cfg.needs_calib: cal = calib_from_text(lm.tokenizer, read_text_split(corpus, "train"), calib_windows, calib_len, seed)
-    rep = prune(lm.model, cfg, calib=cal, tokenizer=lm.tokenizer)               # raises before touching weights on bad input
-    out.mkdir(parents=True, exist_ok=True)
-    with quiet_transformers():
-        lm.model.save_pretrained(out, safe_serialization=True); lm.tokenizer.save_pretrained(out)
+    with atomic_dir(out, "--out") as tmp:         # checked now, built beside its target: a failure leaves nothing behind
+        lm = load(model_dir, device)
+        cal = calib_from_text(lm.tokenizer, read_text_split(corpus, "train"), calib_windows, calib_len, seed) if cfg.needs_calib else None
+        rep = prune(lm.model, cfg, calib=cal, tokenizer=lm.tokenizer)           # raises before touching weights on bad input
+        with quiet_transformers():
+            lm.model.save_pretrained(tmp, safe_serialization=True); lm.tokenizer.save_pretrained(tmp)
     d = rep.to_dict()
     res = {"model": str(model_dir), "out": str(out), **{k: v for k, v in d.items() if k not in ("layers", "config")},
            **{f"config.{k}": v for k, v in d["config"].items()}}

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Optional
 import typer
 from .cli import app, bench_app, emit
-from .core import check
+from contextlib import nullcontext
+from .core import atomic_dir, check
 
 # %% auto #0
 __all__ = ['quantize_cmd', 'bench_quant_cmd']
@@ -38,20 +39,19 @@ def quantize_cmd(model_dir:Path=typer.Argument(..., help="Model directory"),
     from workbench.quant.checkpoint import export_dequantized, save_quantized
     from workbench.quant.quantize import quantize
     cfg = QuantConfig(method, bits, group_size or None, symmetric, fmt, act_order=act_order, sparse_frac=sparse_frac)
-    for d in (out, dequantized):
-        check(d is None or not d.exists() or (d.is_dir() and not any(d.iterdir())), f"output directory {str(d)!r} exists and is not empty; choose a new one")
     check(out.resolve() != Path(model_dir).resolve(), "--out must differ from the input model directory")
+    check(dequantized is None or dequantized.resolve() != out.resolve(), "--dequantized must differ from --out")
     check(calib_len >= 2, f"--calib-len must be ≥ 2, got {calib_len}")
+    check(not cfg.needs_calib or calib >= 1, f"{cfg.method} needs calibration data: --calib must be ≥ 1, got {calib}")
     check_model_dir(model_dir)
-    with quiet_transformers():
+    # both folders are checked now and built beside their targets: a failure anywhere leaves neither behind
+    with atomic_dir(out, "--out") as tmp, (atomic_dir(dequantized, "--dequantized") if dequantized else nullcontext()) as tmp_deq, \
+         quiet_transformers():
         lm = load(model_dir, device)
-        cal = None
-        if cfg.needs_calib:
-            check(calib >= 1, f"{cfg.method} needs calibration data: --calib must be ≥ 1, got {calib}")
-            cal = calib_from_text(lm.tokenizer, read_text_split(corpus, "train"), calib, calib_len, seed)
+        cal = calib_from_text(lm.tokenizer, read_text_split(corpus, "train"), calib, calib_len, seed) if cfg.needs_calib else None
         rep = quantize(lm.model, cfg, calib=cal)                # validates before changing anything
-        save_quantized(lm.model, out, lm.tokenizer, rep)
-        if dequantized is not None: export_dequantized(lm.model, dequantized, lm.tokenizer)
+        save_quantized(lm.model, tmp, lm.tokenizer, rep)
+        if dequantized is not None: export_dequantized(lm.model, tmp_deq, lm.tokenizer)
     emit({"model": str(model_dir), "out": str(out), "dequantized": None if dequantized is None else str(dequantized),
           "config": cfg.to_dict(), **rep.summary()}, as_json)
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
-from .core import WorkbenchError, check, model_dir, pick_device
+from .core import WorkbenchError, brief, check, model_dir, pick_device
 
 # %% auto #0
-__all__ = ['tiny_llama', 'n_params', 'LM', 'check_model_dir', 'quiet_transformers', 'load']
+__all__ = ['tiny_llama', 'n_params', 'LM', 'check_model_dir', 'read_config', 'check_no_custom_code', 'quiet_transformers', 'load']
 
 # %% ../nbs/12_models.ipynb #cd7f00ca
 def tiny_llama(tokenizer:PreTrainedTokenizerBase, # Sets the vocabulary size and special token ids
@@ -57,7 +57,7 @@ def check_model_dir(path:str|Path # Directory written by `save_pretrained`
     "Raise `WorkbenchError` unless `path` is a complete model directory with readable safetensors weights."
     path = Path(path)
     check(path.is_dir(), f"model directory {str(path)!r} does not exist")
-    check((path / "config.json").is_file(), f"{path} has no config.json: expected a Hugging Face model directory (save_pretrained)")
+    read_config(path)
     files = sorted(path.glob("*.safetensors"))
     check(files, f"{path} has no *.safetensors weights (pickled .bin weights are not loaded, for safety)")
     check(any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")),
@@ -68,9 +68,26 @@ def check_model_dir(path:str|Path # Directory written by `save_pretrained`
                 for k in sf.keys(): sf.get_slice(k)  # reading the header and slicing checks sizes against the file
         except Exception as e:
             raise WorkbenchError(f"weights file {f} is corrupted or truncated ({type(e).__name__}): re-save or re-download it") from None
-    try: json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as e: raise WorkbenchError(f"{path}/config.json is not valid JSON ({e.msg})") from None
     return path
+
+def read_config(path:Path) -> dict:
+    "The config.json of a model folder: present, a JSON object, and asking for no code of its own."
+    check((path / "config.json").is_file(), f"{path} has no config.json: expected a Hugging Face model directory (save_pretrained)")
+    try: cfg = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WorkbenchError(f"{path}/config.json is not valid JSON ({getattr(e, 'msg', e)})") from None
+    check(isinstance(cfg, dict), f"{path}/config.json is not a JSON object")
+    check_no_custom_code(path, cfg)
+    return cfg
+
+def check_no_custom_code(path:Path, cfg:dict):
+    "Refuse a folder that asks transformers to run its own Python code: the workbench never executes code from a model folder."
+    from transformers import CONFIG_MAPPING
+    tok_cfg = path / "tokenizer_config.json"
+    asks = "auto_map" in cfg or (tok_cfg.is_file() and '"auto_map"' in tok_cfg.read_text(errors="replace"))
+    check(not asks, f"{path} asks to run its own code (auto_map in its config): the workbench never runs code from a model folder")
+    check(cfg.get("model_type") in CONFIG_MAPPING, f"{path}/config.json has model_type {cfg.get('model_type')!r}, which transformers does "
+          "not implement (a model with custom code?); the workbench loads only transformers' own architectures")
 
 @contextmanager
 def quiet_transformers():
@@ -90,17 +107,27 @@ def load(path:str|Path,            # A local model directory (ours or any HF cau
     "Load a causal LM and its tokenizer from a local directory, in eval mode, on `device`."
     path = model_dir(path)                                 # "text-lm" is data/models/text-lm
     if (path / "quant_config.json").is_file():      # packed weights written by `workbench quantize`
+        read_config(path)
         from workbench.quant.checkpoint import read_quantized   # quant.checkpoint imports nothing from here: no cycle
         model, tok = read_quantized(path, device)
         check(tok is not None, f"{path} has no tokenizer files")
         return _left_padded(LM(model, tok, path))
-    path = check_model_dir(path)
+    arch = read_config(check_model_dir(path)).get("architectures") or []
+    check(not arch or any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in arch),
+          f"{path} holds a {', '.join(arch)}, not a causal language model (a reward model given as the policy?)")
     try:
         with quiet_transformers():
-            tok = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype)
-    except (OSError, ValueError, KeyError) as e:
-        raise WorkbenchError(f"could not load {path}: {str(e).splitlines()[0]}") from None
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            model, info = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype, trust_remote_code=False,
+                                                               output_loading_info=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise WorkbenchError(f"could not load {path}: {str(e).strip().splitlines()[0][:300]}") from None
+    # transformers fills weights missing from the file with random ones: a config that does not match its weights
+    missing = [k for k in info["missing_keys"] if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
+    check(not missing and not info.get("mismatched_keys"), f"{path}: the weights do not match config.json "
+          f"(missing {len(missing)} tensors, e.g. {brief(missing[:3])}; mismatched {len(info.get('mismatched_keys') or [])}): re-save the model")
+    bad = next((n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    check(bad is None, f"{path}: weight {bad} holds NaN or infinite values")
     return _left_padded(LM(model.to(pick_device(device)).eval(), tok, path))
 
 def _left_padded(lm:LM) -> LM:

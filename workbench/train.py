@@ -170,7 +170,7 @@ def train_text(out_dir:str|Path,                                  # Where the mo
     text = read_text_split(corpus_dir, "train")
     out_dir = Path(out_dir)
     tk = bpe_tokenizer(text.split("\n\n"), vocab_size=vocab_size) if not (out_dir / "checkpoint").exists() else \
-         __import__("transformers").AutoTokenizer.from_pretrained(out_dir / "checkpoint")
+         __import__("transformers").AutoTokenizer.from_pretrained(out_dir / "checkpoint", trust_remote_code=False)
     stream = torch.tensor(tk(text, add_special_tokens=False)["input_ids"])
     model = tiny_llama(tk, hidden=hidden, layers=layers, heads=heads, intermediate=intermediate, max_len=context, seed=seed)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)

@@ -8,7 +8,7 @@ import fnmatch, hashlib, json, math, time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 import numpy as np, torch
-from ..core import WorkbenchError, check, model_dir
+from ..core import WorkbenchError, brief, check, model_dir, read_text
 from ..quant.formats import stored_bits
 
 # %% auto #0
@@ -76,11 +76,11 @@ class SearchSpace:
 
 
 # %% ../../nbs/51_explore_space.ipynb #c61b584a
-def _choices(d:dict, key:str, default:tuple, ok) -> tuple:
+def _choices(d:dict, key:str, default:tuple, ok, allowed:str) -> tuple:
     v = d.get(key, default)
     v = tuple(v) if isinstance(v, (list, tuple)) else (v,)
     check(len(v) >= 1, f"space.{key} needs at least one choice")
-    for x in v: check(ok(x), f"space.{key}: bad choice {x!r}")
+    for x in v: check(ok(x), f"space.{key}: bad choice {brief(x)}; allowed: {allowed}")
     check(len(set(v)) == len(v), f"space.{key} repeats a choice: {list(v)}")
     return v
 
@@ -101,14 +101,15 @@ def space_from_dict(d:dict,      # {model, layers (glob), bits, sparsity, group_
     pat = d.get("layers", "*")
     names = [n for n in lin if fnmatch.fnmatchcase(n, pat)]
     check(names, f"space.layers {pat!r} matches no linear layer (they look like {next(iter(lin))!r})")
-    bits = _choices(d, "bits", (2, 3, 4, 8, 16), lambda b: b in (2, 3, 4, 8, 16))
-    sp = tuple(float(s) for s in _choices(d, "sparsity", (0.0, 0.25, 0.5), lambda s: isinstance(s, (int, float)) and 0 <= s < 1))
-    gs = _choices(d, "group_size", (128,), lambda g: isinstance(g, int) and g >= 1)
+    bits = _choices(d, "bits", (2, 3, 4, 8, 16), lambda b: b in (2, 3, 4, 8, 16), "2, 3, 4, 8 (integer) or 16 (fp16)")
+    sp = tuple(float(s) for s in _choices(d, "sparsity", (0.0, 0.25, 0.5), lambda s: isinstance(s, (int, float)) and 0 <= s < 1,
+                                          "numbers in [0, 1)"))
+    gs = _choices(d, "group_size", (128,), lambda g: isinstance(g, int) and g >= 1, "positive integers dividing every layer's input width")
     for g in gs:
         bad = [n for n in names if lin[n].in_features % g]
         if bad: raise WorkbenchError(f"space.group_size {g} does not divide the input width of {bad[0]} ({lin[bad[0]].in_features})")
-    qm = _choices(d, "quant_method", ("rtn",), lambda m: m in QUANT_METHODS)
-    pm = _choices(d, "prune_method", ("magnitude",), lambda m: m in PRUNE_METHODS)
+    qm = _choices(d, "quant_method", ("rtn",), lambda m: m in QUANT_METHODS, ", ".join(QUANT_METHODS))
+    pm = _choices(d, "prune_method", ("magnitude",), lambda m: m in PRUNE_METHODS, ", ".join(PRUNE_METHODS))
     searched = {id(lin[n].weight) for n in names}
     fixed = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if id(p) not in searched)
     return SearchSpace(tuple(names), tuple(tuple(lin[n].weight.shape) for n in names), fixed, bits, sp, gs, qm, pm, name)
@@ -119,8 +120,7 @@ def load_space(src, model=None) -> SearchSpace:
     if isinstance(src, (str, Path)) and not isinstance(src, dict):
         p = Path(src)
         if p.suffix in (".yaml", ".yml", ".json"):
-            check(p.is_file(), f"space file {str(p)!r} not found")
-            src = p.read_text()
+            src = read_text(p, "space file")
         try: src = yaml.safe_load(src)
         except yaml.YAMLError as e: raise WorkbenchError(f"space is not valid YAML: {e}") from None
     return space_from_dict(src or {}, model)

@@ -5,11 +5,11 @@ written atomically to an optuna SQLite study; resumable after SIGKILL; Pareto fr
 
 # %% ../../nbs/53_explore_sweep.ipynb #464a2094
 from __future__ import annotations
-import copy, json, sys, time
+import contextlib, copy, json, os, socket, sys, time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import numpy as np, torch
-from ..core import WorkbenchError, check
+from ..core import WorkbenchError, brief, check, check_writable, read_text
 from .pareto import hypervolume, pareto_mask
 from .space import (Evaluator, SearchSpace, config_from_key, config_key, config_bytes, evaluate,
                                      load_space, uniform_config)
@@ -17,8 +17,8 @@ from .strategies import (OBJECTIVES, Archive, STRATEGIES, _dists, config_params,
                                           make_strategy)
 
 # %% auto #0
-__all__ = ['PRESETS', 'STUDY', 'SweepConfig', 'load_sweep_config', 'LocalBackend', 'RayBackend', 'open_store', 'stored_results',
-           'store_trial', 'run_sweep', 'summarise', 'compare_strategies']
+__all__ = ['PRESETS', 'STUDY', 'SweepConfig', 'load_sweep_config', 'LocalBackend', 'RayBackend', 'store_lock', 'open_store',
+           'stored_results', 'store_trial', 'run_sweep', 'summarise', 'compare_strategies']
 
 # %% ../../nbs/53_explore_sweep.ipynb #fc95ef43
 @dataclass(frozen=True)
@@ -62,9 +62,7 @@ def load_sweep_config(src=None,             # YAML path, YAML string or dict; No
         d = copy.deepcopy(PRESETS[preset])
     if src is not None:
         if not isinstance(src, dict):
-            p = Path(src)
-            check(p.is_file(), f"sweep config {str(p)!r} not found")
-            try: src = yaml.safe_load(p.read_text()) or {}
+            try: src = yaml.safe_load(read_text(src, "sweep config")) or {}
             except yaml.YAMLError as e: raise WorkbenchError(f"sweep config is not valid YAML: {e}") from None
         check(isinstance(src, dict), "a sweep config is a YAML mapping")
         known = set(SweepConfig.__dataclass_fields__)
@@ -111,6 +109,27 @@ class RayBackend:
         for a in self.actors: self.ray.kill(a)
         if self.started: self.ray.shutdown()
 
+# %% ../../nbs/53_explore_sweep.ipynb #5fa65d59
+@contextlib.contextmanager
+def store_lock(path:str|Path):
+    "Hold `path` for one sweep at a time; a second sweep is refused at once, naming the holder."
+    import fcntl
+    lock = Path(f"{path}.lock")
+    while True:
+        f = open(lock, "a+")
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0); holder = f.read().strip() or "another process"; f.close()
+            raise WorkbenchError(f"store {str(path)!r} is in use by another sweep ({holder}); wait for it to finish, "
+                                 "or choose another --store") from None
+        # the holder before us may have removed the file between our open and our lock: lock the file that is there now
+        if lock.exists() and os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino: break
+        f.close()
+    f.seek(0); f.truncate(); f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"); f.flush()
+    try: yield
+    finally:
+        lock.unlink(missing_ok=True); f.close()
+
 # %% ../../nbs/53_explore_sweep.ipynb #765f3325
 STUDY = "sweep"
 
@@ -120,11 +139,17 @@ def open_store(path:str|Path, cfg:SweepConfig, space:SearchSpace, resume:bool):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = Path(path)
     check(path.suffix == ".db", f"--store must be a .db file (SQLite), got {str(path)!r}")
+    check_writable(path.parent, "the store's folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     url, fields = f"sqlite:///{path}", json.dumps(cfg.replay_fields(), sort_keys=True)
     existed = path.exists() and path.stat().st_size > 0
     check(not existed or resume, f"store {str(path)!r} already exists: pass --resume to continue it, or choose a new --store")
-    study = optuna.create_study(storage=url, study_name=STUDY, directions=["minimize", "minimize"], load_if_exists=True)
+    if existed:
+        with open(path, "rb") as f: head = f.read(16)
+        check(head == b"SQLite format 3\x00", f"store {str(path)!r} is not a SQLite file: give the .db a sweep wrote, or a new --store")
+    try: study = optuna.create_study(storage=url, study_name=STUDY, directions=["minimize", "minimize"], load_if_exists=True)
+    except Exception as e:     # a SQLite file of something else, a damaged store
+        raise WorkbenchError(f"store {str(path)!r} cannot be opened as a sweep store ({type(e).__name__}: {brief(str(e), 120)})") from None
     old = study.user_attrs.get("sweep")
     if old is None:
         study.set_user_attr("sweep", fields); study.set_user_attr("space_fingerprint", space.fingerprint())
@@ -165,6 +190,10 @@ def run_sweep(cfg:SweepConfig,
     t0 = time.time()
     torch.set_num_threads(1)
     space = load_space(cfg.space)
+    check_writable(Path(store).parent, "the store's folder")
+    with store_lock(store): return _run_locked(cfg, store, resume, backend, address, on_trial, quiet, space, t0)
+
+def _run_locked(cfg, store, resume, backend, address, on_trial, quiet, space, t0) -> dict:
     study = open_store(store, cfg, space, resume)
     done = stored_results(study)
     n_before = len(done)

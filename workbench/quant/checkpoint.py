@@ -8,7 +8,7 @@ import copy, json
 from pathlib import Path
 import torch
 from torch import nn
-from ..core import check, pick_device
+from ..core import WorkbenchError, check, pick_device
 from .storage import QuantLinear
 
 # %% auto #0
@@ -37,13 +37,18 @@ def read_quantized(path:str|Path, device:str|torch.device|None=None) -> tuple[nn
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     path = Path(path)
     check((path / QUANT_FILE).is_file(), f"{path} has no {QUANT_FILE}: not a packed quantized model directory")
-    meta = json.loads((path / QUANT_FILE).read_text())
-    cfg = AutoConfig.from_pretrained(path)
-    causal = any(a.endswith("ForCausalLM") for a in (cfg.architectures or []))
-    model = (AutoModelForCausalLM if causal else AutoModel).from_config(cfg)
-    for n, m in meta["layers"].items(): model.set_submodule(n, QuantLinear.empty(m))
-    load_model(model, str(path / "model.safetensors"))
-    tok = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else None
+    check((path / "model.safetensors").is_file(), f"{path} has no model.safetensors: the packed weights are missing")
+    try:
+        meta = json.loads((path / QUANT_FILE).read_text())
+        cfg = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        causal = any(a.endswith("ForCausalLM") for a in (cfg.architectures or []))
+        model = (AutoModelForCausalLM if causal else AutoModel).from_config(cfg)
+        for n, m in meta["layers"].items(): model.set_submodule(n, QuantLinear.empty(m))
+        load_model(model, str(path / "model.safetensors"))     # strict: every tensor present, every shape right
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if (path / "tokenizer_config.json").is_file() else None
+    except Exception as e:   # truncated weights, a hand-edited quant_config.json, shapes that do not match: one clear line
+        raise WorkbenchError(f"packed model folder {path} is corrupted ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                             "quantize the model again") from None
     return model.to(pick_device(device)).eval(), tok
 
 # %% ../../nbs/36a_quant_checkpoint.ipynb #b9ce6bea

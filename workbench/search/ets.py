@@ -44,7 +44,8 @@ def sentence_embedder(path:str|Path, device:str|None=None) -> Callable[[list[str
     from workbench.models import check_model_dir, quiet_transformers
     path = check_model_dir(path)
     with quiet_transformers():
-        tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path, use_safetensors=True)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
     model = model.to(pick_device(device)).eval()
     return lambda texts: mean_pooled(model, tok, texts)
 
