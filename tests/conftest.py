@@ -9,9 +9,9 @@ TEXT_LM = DATA / "models" / "text-lm"
 WORKBENCH = str(Path(sys.executable).with_name("workbench"))
 
 
-def run_cli(*args, cwd=None, timeout=600):
-    "Run the `workbench` CLI; return (returncode, stdout, stderr)."
-    p = subprocess.run([WORKBENCH, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+def run_cli(*args, cwd=None, timeout=600, stdin=None):
+    "Run the `workbench` CLI (with `stdin` as its input, if given); return (returncode, stdout, stderr)."
+    p = subprocess.run([WORKBENCH, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout, input=stdin)
     return p.returncode, p.stdout, p.stderr
 
 
