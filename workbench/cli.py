@@ -11,9 +11,10 @@ import typer
 from .core import WorkbenchError, check, data_dir, model_dir
 
 # %% auto #0
-__all__ = ['app', 'train_app', 'bench_app', 'emit', 'load_command_modules', 'refuse', 'main', 'lab', 'train_policy_cmd',
-           'train_text_cmd', 'train_prm_cmd', 'problems_for', 'eval_cmd', 'ppl_cmd', 'search_cmd', 'knob_options',
-           'add_knob_options', 'list_searches', 'emit_bench', 'bench_search_cmd', 'bench_ets_cmd', 'bench_widgets_cmd']
+__all__ = ['app', 'train_app', 'bench_app', 'bench_search_cmd', 'bench_ets_cmd', 'emit', 'load_command_modules', 'refuse', 'main',
+           'lab', 'train_policy_cmd', 'train_text_cmd', 'train_prm_cmd', 'problems_for', 'eval_cmd', 'ppl_cmd',
+           'search_cmd', 'knob_options', 'add_knob_options', 'list_searches', 'emit_bench', 'bench_command',
+           'bench_widgets_cmd']
 
 # %% ../nbs/90_cli.ipynb #061600dd
 app = typer.Typer(help="The search · prune · quantize workbench.", no_args_is_help=True,
@@ -248,21 +249,24 @@ def emit_bench(res:dict, as_json:bool):
     print("\n".join(out), file=sys.stderr if as_json else sys.stdout)
     if as_json: print(json.dumps(res))
 
-@bench_app.command("search")
-def bench_search_cmd(quick:bool=typer.Option(False, "--quick", help="Small settings (< 2 minutes on 2 CPU cores)"),
-                     n:Optional[int]=typer.Option(None, help="Hard problems (default 16 with --quick, else 100)"),
-                     device:Optional[str]=None, seed:int=0, as_json:bool=typer.Option(False, "--json")):
-    "Engine vs per-path generate, KV bytes vs limits, every search at budgets 4…64 (the scaling table), the claims."
-    from workbench.benchmarks.search import bench_search
-    emit_bench(bench_search(quick=quick, device=device, seed=seed, quiet=False, n=n), as_json)
+def bench_command(name:str,      # `workbench bench NAME`
+                  target:str,    # "module:function" of the benchmark: f(quick, n, device, seed, quiet) -> dict
+                  doc:str,       # The command's help
+                  quick_help:str="Small settings (< 2 minutes on 2 CPU cores)",
+                  n_help:str="Hard problems (default 16 with --quick, else 100)"):
+    "Register a benchmark over problems: --quick, --n, --device, --seed, --json; progress on stderr, tables via `emit_bench`."
+    def cmd(quick:bool=typer.Option(False, "--quick", help=quick_help), n:Optional[int]=typer.Option(None, help=n_help),
+            device:Optional[str]=None, seed:int=0, as_json:bool=typer.Option(False, "--json")):
+        import importlib
+        module, fn = target.split(":")
+        emit_bench(getattr(importlib.import_module(module), fn)(quick=quick, n=n, device=device, seed=seed, quiet=False), as_json)
+    cmd.__doc__ = doc
+    return bench_app.command(name)(cmd)
 
-@bench_app.command("ets")
-def bench_ets_cmd(quick:bool=typer.Option(False, "--quick", help="Small settings (< 2 minutes on 2 CPU cores)"),
-                  n:Optional[int]=typer.Option(None, help="Hard problems (default 16 with --quick, else 100)"),
-                  device:Optional[str]=None, seed:int=0, as_json:bool=typer.Option(False, "--json")):
-    "ETS vs REBASE at width 16 (learned and oracle PRM): KV reduction, accuracy drop, pool peaks, solver time, λ sweep."
-    from workbench.benchmarks.ets import bench_ets
-    emit_bench(bench_ets(quick=quick, device=device, seed=seed, quiet=False, n=n), as_json)
+bench_search_cmd = bench_command("search", "workbench.benchmarks.search:bench_search",
+    "Engine vs per-path generate, KV bytes vs limits, every search at budgets 4…64 (the scaling table), the claims.")
+bench_ets_cmd = bench_command("ets", "workbench.benchmarks.ets:bench_ets",
+    "ETS vs REBASE at width 16 (learned and oracle PRM): KV reduction, accuracy drop, pool peaks, solver time, λ sweep.")
 
 @bench_app.command("widgets")
 def bench_widgets_cmd(quick:bool=typer.Option(False, "--quick", help="Shorter runs"),

@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 from typing import Optional
 import typer
-from .cli import app, bench_app, emit, emit_bench
+from .cli import app, bench_command, emit
 from .core import check
 
 # %% auto #0
-__all__ = ['sweep_cmd', 'bench_sxc_cmd']
+__all__ = ['bench_sxc_cmd', 'sweep_cmd']
 
 # %% ../nbs/95_cli_explore.ipynb #551d303d
 @app.command("sweep")
@@ -40,10 +40,6 @@ def sweep_cmd(config:Optional[Path]=typer.Argument(None, help="Sweep config YAML
     emit({k: v for k, v in res.items() if k not in ("trials", "pareto")} | {"trials": len(res["trials"]), "pareto": f"\n{front}"}, False)
 
 # %% ../nbs/95_cli_explore.ipynb #f59abf00
-@bench_app.command("search-x-compression")
-def bench_sxc_cmd(quick:bool=typer.Option(False, "--quick", help="Fewer problems, widths and precisions (minutes on CPU)"),
-                  n:Optional[int]=typer.Option(None, help="Hard countdown problems"),
-                  device:Optional[str]=None, seed:int=0, as_json:bool=typer.Option(False, "--json")):
-    "Policy precision × search width on hard countdown: accuracy against total memory (weights + peak KV pool)."
-    from workbench.benchmarks.search_x_compression import bench_search_x_compression
-    emit_bench(bench_search_x_compression(quick=quick, n=n, device=device, seed=seed, quiet=as_json), as_json)
+bench_sxc_cmd = bench_command("search-x-compression", "workbench.benchmarks.search_x_compression:bench_search_x_compression",
+    "Policy precision × search width on hard countdown: accuracy against total memory (weights + peak KV pool).",
+    quick_help="Fewer problems, widths and precisions (minutes on CPU)", n_help="Hard countdown problems")
