@@ -78,3 +78,8 @@ def test_ppl_of_shipped_text_lm():
     r = json.loads(out)
     assert r["context"] == 256 and r["stride"] == 256 and r["windows"] > 100
     assert 1 < r["ppl"] < 60  # far below the vocabulary size: the model learned English
+
+
+def test_lab_help_names_its_flags():
+    rc, out, _ = run_cli("lab", "--help")
+    assert rc == 0 and "--no-browser" in out and "--no-no-browser" not in out and "1<=x<=65535" in out
