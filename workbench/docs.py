@@ -4,7 +4,7 @@
 
 # %% ../nbs/71_docs.ipynb #fa2be2ea
 from __future__ import annotations
-import ast, atexit, fnmatch, html, importlib.util, os, re, tempfile, warnings
+import ast, atexit, difflib, fnmatch, html, importlib.util, os, re, tempfile, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import nbformat, yaml
@@ -33,7 +33,10 @@ def _select(nbs:Path,                    # The notebooks directory
     if notebooks is None: return every
     pats, stems = [n.removesuffix(".ipynb") for n in notebooks], [p.stem for p in every]
     check(len(pats) > 0, "name at least one notebook (or none at all, for every notebook)")
-    for n in pats: check(fnmatch.filter(stems, n), f"no notebook matches {n!r}: use stems or globs of {', '.join(stems)}")
+    for n in pats:
+        near = difflib.get_close_matches(n, stems, 3, 0.5)
+        check(fnmatch.filter(stems, n), f"no notebook matches {n!r}{' (did you mean ' + ', '.join(near) + '?)' if near else ''}: "
+              f"use stems or globs of {', '.join(stems)}")
     return [p for p in every if any(fnmatch.fnmatchcase(p.stem, n) for n in pats)]
 
 # %% ../nbs/71_docs.ipynb #fc79cb55
