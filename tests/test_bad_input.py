@@ -79,7 +79,7 @@ CASES = [
          ("asks to run its own code",)),
     Case("a reward model given as the policy", lambda d: ["search", "rebase", "--n", "2", "--policy", PRM], ("not a causal language model",)),
     Case("config.json that does not match the weights", lambda d: ["eval", model_copy(d, config={"hidden_size": 192, "num_hidden_layers": 6}),
-                                                                   "--n", "2", "--k", "1"], ("could not load",)),
+                                                                   "--n", "2", "--k", "1"], ("do not match config.json", "shapes differ")),
     Case("a config with more layers than the weights", lambda d: ["eval", model_copy(d, config={"num_hidden_layers": 6}), "--n", "2", "--k", "1"],
          ("do not match config.json",)),
     Case("NaN weights", lambda d: ["eval", model_copy(d, weights=lambda w: {k: v.clone().fill_(float("nan")) if "mlp" in k else v

@@ -65,7 +65,7 @@ def check_writable(path:str|Path,              # A folder to be created or writt
     try:
         with tempfile.TemporaryFile(dir=q): pass
     except OSError as e:
-        raise WorkbenchError(f"{what} {str(path)!r} cannot be written ({q}: {e.strerror}); choose another place") from None
+        raise WorkbenchError(f"{what} {str(path)!r} cannot be written: creating a file in {q} failed ({e.strerror}); choose another place") from None
     return Path(path)
 
 @contextlib.contextmanager

@@ -120,7 +120,11 @@ def load(path:str|Path,            # A local model directory (ours or any HF cau
             tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
             model, info = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype, trust_remote_code=False,
                                                                output_loading_info=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except RuntimeError as e:   # transformers' shape check: the details go to its log, not into the exception
+        if "ignore_mismatched_sizes" not in str(e): raise WorkbenchError(f"could not load {path}: {brief(str(e), 300)}") from None
+        raise WorkbenchError(f"{path}: the weights do not match config.json (tensor shapes differ from the config's sizes): "
+                             "re-save the model, or restore its config.json") from None
+    except (OSError, ValueError, KeyError) as e:
         raise WorkbenchError(f"could not load {path}: {str(e).strip().splitlines()[0][:300]}") from None
     # transformers fills weights missing from the file with random ones: a config that does not match its weights
     missing = [k for k in info["missing_keys"] if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
