@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
-from .core import check, model_dir
+from .core import check
 from .corpus import corpus_dir, read_text_split
 
 # %% auto #0
@@ -52,7 +52,7 @@ def text_setup(model:str|Path="text-lm",   # A model directory or shipped name
     check(eval_windows is None or eval_windows >= 1, f"eval_windows must be ≥ 1 (or None for all), got {eval_windows}")
     check(calib_windows >= 0, f"calib_windows must be ≥ 0, got {calib_windows}")
     corpus = Path(corpus) if corpus is not None else corpus_dir()
-    lm = load(model_dir(model), device)
+    lm = load(model, device)
     ids = lm.tokenizer(read_text_split(corpus, "heldout"), add_special_tokens=False)["input_ids"]
     n = eval_tokens if eval_tokens is not None else (eval_windows * context if eval_windows else len(ids) - 1)
     check(context < n <= len(ids) - 1, f"the held-out split has {len(ids) - 1} tokens to score; asked for {n} (context {context})")
@@ -124,7 +124,7 @@ def search_setup(policy="countdown-policy",  # An `LM`, a model directory or a s
     probs = [t.from_record(p) if isinstance(p, dict) else p for p in (problems if isinstance(problems, (list, tuple)) else [problems])]
     check(len(probs) >= 1 and probs[0] is not None, "give at least one problem of the task (e.g. task.problems('hard', 4))")
     reward = get_prm(prm, task=t, path=prm_path, flip=flip, sigma=sigma, seed=seed, device=device) if isinstance(prm, str) else prm
-    lm = policy if hasattr(policy, "tokenizer") else load(model_dir(policy), device)
+    lm = policy if hasattr(policy, "tokenizer") else load(policy, device)
     if hasattr(reward, "check_tokenizer"): reward.check_tokenizer(lm.tokenizer)
     prompts = [len(lm.tokenizer(t.prompt(p))["input_ids"]) for p in probs]
     steps = max(t.max_steps(p) for p in probs)

@@ -8,7 +8,7 @@ papers' targets as booleans with their numbers."""
 from __future__ import annotations
 import copy, random, sys, time
 import torch
-from ..core import model_dir, pick_device
+from ..core import pick_device
 from ..evaluate import complete
 from ..experiment import text_setup
 from ..metrics import perplexity
@@ -125,7 +125,7 @@ def bench_prune(quick:bool=False, device:str|None=None, seed:int=0, quiet:bool=T
                            "csr_bytes": r50.totals()["csr_bytes"], "two_four_bytes (2:4 mask)": r24.totals()["two_four_bytes"],
                            "note": r50.note}
     # policy accuracy at 50 %
-    pol = load(model_dir("countdown-policy"), device=str(dev)); task = get_task("countdown")
+    pol = load("countdown-policy", device=str(dev)); task = get_task("countdown")
     probs = task.problems("test", 20 if quick else 100, seed)
     pcal = _policy_calib(pol, task, 16 if quick else 128, 128, seed)
     acc = {"dense": _greedy_accuracy(pol, task, probs)}

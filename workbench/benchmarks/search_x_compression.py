@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys, time
 from pathlib import Path
 import torch
-from ..core import check, model_dir, pick_device
+from ..core import check, pick_device
 from ..explore.pareto import pareto_mask
 from ..explore.space import LayerSpec, layer_bits
 
@@ -23,7 +23,7 @@ def policy_at(bits:int, device=None, group_size:int=32):
     from workbench.prune.core import prunable_linears
     from workbench.quant.formats import QuantConfig
     from workbench.quant.quantize import quantize
-    with quiet_transformers(): lm = load(model_dir("countdown-policy"), device)
+    with quiet_transformers(): lm = load("countdown-policy", device)
     lin = prunable_linears(lm.model)
     params = {id(p): p for p in lm.model.parameters()}
     other = sum(p.numel() for k, p in params.items() if k not in {id(m.weight) for m in lin.values()})
