@@ -8,7 +8,7 @@ import inspect, json, os, shutil, sys
 from pathlib import Path
 from typing import Optional
 import typer
-from .core import WorkbenchError, check, data_dir, model_dir
+from .core import WorkbenchError, check, data_dir, import_modules, model_dir
 
 # %% auto #0
 __all__ = ['app', 'train_app', 'bench_app', 'bench_search_cmd', 'bench_ets_cmd', 'emit', 'load_command_modules', 'refuse', 'main',
@@ -33,9 +33,7 @@ def emit(result:dict, as_json:bool):
 
 def load_command_modules():
     "Import every `workbench/cli_*.py`: the quantization, pruning, … notebooks register their commands on `app`."
-    import importlib, pkgutil, workbench
-    for m in pkgutil.iter_modules(workbench.__path__):
-        if m.name.startswith("cli_"): importlib.import_module(f"workbench.{m.name}")
+    import_modules("workbench", prefix="cli_")
 
 def refuse(message:str):
     "Bad input: one line `error: …` on stderr, the same as one JSON object on stdout under --json, exit code 2."

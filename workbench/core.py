@@ -10,7 +10,7 @@ import numpy as np, torch
 
 # %% auto #0
 __all__ = ['WorkbenchError', 'check', 'brief', 'read_text', 'check_positions', 'check_writable', 'atomic_dir', 'pick_device',
-           'available_memory', 'check_fits', 'data_dir', 'workbench_home', 'model_dir', 'derive_seed',
+           'available_memory', 'check_fits', 'data_dir', 'import_modules', 'workbench_home', 'model_dir', 'derive_seed',
            'seed_everything']
 
 # %% ../nbs/01_core.ipynb #09e2ff98
@@ -112,6 +112,15 @@ def data_dir() -> Path:
     "The directory of shipped tasks, text and checkpoints."
     pkg = Path(importlib.util.find_spec("workbench").origin).resolve().parent  # works in notebooks too (no __file__)
     return Path(os.environ.get("WORKBENCH_DATA") or pkg.parent / "data")
+
+# %% ../nbs/01_core.ipynb #dc98fd2b
+def import_modules(package:str,     # e.g. "workbench.search"
+                   prefix:str="",   # Only modules whose name starts with this
+                   skip:tuple=()):  # Module names left out
+    "Import every module of `package`: registries (searches, quantizers, pruners, commands) fill themselves on import."
+    import pkgutil
+    for m in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        if m.name.startswith(prefix) and m.name not in skip: importlib.import_module(f"{package}.{m.name}")
 
 # %% ../nbs/01_core.ipynb #38cf9c4b
 def workbench_home() -> Path:

@@ -5,12 +5,12 @@
 
 # %% ../../nbs/40_prune_core.ipynb #bbe33af8
 from __future__ import annotations
-import importlib, json, math, pkgutil, re
+import json, math, re
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 import torch
 from torch import nn
-from ..core import check
+from ..core import check, import_modules
 from ..quant.formats import stored_bits
 
 
@@ -51,8 +51,7 @@ def register_pruner(name:str, needs_calib:bool, doc:str, **fields) -> Pruner:
 
 def pruners() -> dict[str, Pruner]:
     "Every pruning method, by name (each module of workbench.prune registers its methods on import)."
-    for m in pkgutil.iter_modules(importlib.import_module("workbench.prune").__path__): importlib.import_module(f"workbench.prune.{m.name}")
-    return dict(PRUNERS)
+    import_modules("workbench.prune"); return dict(PRUNERS)
 
 def pruner(name:str) -> Pruner:
     "The registered method `name`; `WorkbenchError` listing the methods otherwise."

@@ -4,11 +4,10 @@
 
 # %% ../../nbs/30_quant_formats.ipynb #05700977
 from __future__ import annotations
-import importlib, pkgutil
 from dataclasses import asdict, dataclass
 from typing import Callable
 import torch
-from ..core import check
+from ..core import check, import_modules
 
 
 # %% auto #0
@@ -39,19 +38,15 @@ def register_quantizer(name:str, needs_calib:bool, doc:str, **hooks) -> Callable
         return fn
     return deco
 
-def _import_all(package:str):
-    "Import every module of `package`: each registers its methods on import."
-    for m in pkgutil.iter_modules(importlib.import_module(package).__path__): importlib.import_module(f"{package}.{m.name}")
-
 def quantizer(name:str) -> Quantizer:
     "The registered method `name`; `WorkbenchError` listing the methods otherwise."
-    if name not in QUANTIZERS: _import_all("workbench.quant")
+    if name not in QUANTIZERS: import_modules("workbench.quant")
     check(name in QUANTIZERS, f"unknown quantization method {name!r}: use one of {', '.join(QUANTIZERS)}")
     return QUANTIZERS[name]
 
 def quantizers() -> dict[str, Quantizer]:
     "Every quantization method, by name (the built-in ones included)."
-    _import_all("workbench.quant"); return dict(QUANTIZERS)
+    import_modules("workbench.quant"); return dict(QUANTIZERS)
 
 @dataclass(frozen=True)
 class QuantConfig:

@@ -4,8 +4,7 @@
 
 # %% ../../nbs/29_search_registry.ipynb #326c9269
 from __future__ import annotations
-import importlib, pkgutil
-from ..core import check
+from ..core import check, import_modules
 from .core import SEARCHES, SearchConfig, SearchResult, SearchSpec
 
 # %% auto #0
@@ -13,8 +12,7 @@ __all__ = ['PEAKS', 'MEANS', 'get_search', 'search_knobs', 'run_search', 'search
 
 # %% ../../nbs/29_search_registry.ipynb #5c2ea86d
 # each algorithm module registers its searches on import (the package by name: `workbench.search` may be the function)
-for _m in pkgutil.iter_modules(importlib.import_module("workbench.search").__path__):
-    if _m.name != "registry": importlib.import_module(f"workbench.search.{_m.name}")
+import_modules("workbench.search", skip=("registry",))
 
 def get_search(name:str # A key of `SEARCHES`
               ) -> SearchSpec:
