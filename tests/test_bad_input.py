@@ -88,6 +88,8 @@ CASES = [
     # sizes and conventions checked before any work
     Case("ppl context longer than the model's positions", lambda d: ["ppl", TEXT_LM, "--context", "2048"], ("2048", "256 positions")),
     Case("ppl stride 0", lambda d: ["ppl", TEXT_LM, "--context", "16", "--stride", "0"], ("stride must be in 1..context",)),
+    Case("ppl-text context 0 is refused, not replaced by the default", lambda d: ["ppl-text", "text-lm", "--text", "docstrings", "--context", "0"],
+         ("context must be ≥ 2",)),
     Case("ppl context 0 blames the context", lambda d: ["ppl", TEXT_LM, "--context", "0"], ("context must be ≥ 2",)),
     Case("eval prompt longer than the model's positions",
          lambda d: ["eval", POLICY, "--task", "chain", "--task-file", write(d / "c.jsonl", json.dumps({"start": 1, "ops": ["+1"] * 10_000}) + "\n"),

@@ -410,6 +410,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'workbench.harness._choices': ('harness.html#_choices', 'workbench/harness.py'),
                                    'workbench.harness._doc_only': ('harness.html#_doc_only', 'workbench/harness.py'),
                                    'workbench.harness._lambada': ('harness.html#_lambada', 'workbench/harness.py'),
+                                   'workbench.harness._loaded': ('harness.html#_loaded', 'workbench/harness.py'),
                                    'workbench.harness._piqa': ('harness.html#_piqa', 'workbench/harness.py'),
                                    'workbench.harness._winogrande': ('harness.html#_winogrande', 'workbench/harness.py'),
                                    'workbench.harness.bootstrap_ci': ('harness.html#bootstrap_ci', 'workbench/harness.py'),

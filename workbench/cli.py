@@ -95,9 +95,7 @@ def train_text_cmd(out:Path=typer.Option(..., help="Output model directory"),
                    seed:int=0, device:Optional[str]=None, resume:bool=True,
                    as_json:bool=typer.Option(False, "--json")):
     "Train a BPE tokenizer and a tiny Llama LM on English text (resumable, seeded)."
-    from workbench.corpus import corpus_dir
     from workbench.train import train_text
-    corpus = corpus or corpus_dir()
     emit(train_text(out, corpus, vocab_size, context, steps, batch_size, lr, hidden, layers, heads, intermediate,
                     seed, device, resume, quiet=as_json), as_json)
 

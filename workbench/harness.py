@@ -165,6 +165,11 @@ def score_docs(lm, docs:list, batch_size:int=16, seed:int=0, metric:str="mc", qu
             "acc_norm": float(np.mean(norm)) if norm else None, "acc_norm_ci": bootstrap_ci(norm, seed) if norm else None,
             "n": len(docs)}
 
+def _loaded(model, device):
+    "A loaded `LM` as given, or the model folder / shipped or fetched name loaded on `device`."
+    from workbench.models import load
+    return load(resolve_model(model), device) if isinstance(model, (str, Path)) else model
+
 def evaluate_harness(model,                  # A model folder, a shipped or fetched model name, or a loaded LM
                      task:str="hellaswag",   # A name in HARNESS_TASKS
                      n:int|None=None,        # The first n documents; None = all
@@ -173,10 +178,9 @@ def evaluate_harness(model,                  # A model folder, a shipped or fetc
                      device:str|None=None,   # cpu, cuda, cuda:N; None = CUDA when present
                      quiet:bool=True) -> dict:
     "Score a model on a benchmark as lm-evaluation-harness does: acc, acc_norm, 95 % bootstrap intervals, n, seconds."
-    from workbench.models import load
     check(batch_size >= 1, f"--batch-size must be ≥ 1, got {batch_size}")
     docs = read_docs(task, n)                                   # bad task / data not fetched: refused before loading
-    lm = load(resolve_model(model), device) if isinstance(model, (str, Path)) else model
+    lm = _loaded(model, device)
     t0 = time.time()
     r = score_docs(lm, docs, batch_size, seed, HARNESS_TASKS[task].metric, quiet)
     return {"model": str(model) if isinstance(model, (str, Path)) else str(lm.path), "task": task,
@@ -214,14 +218,14 @@ def text_perplexity(model,                  # A model folder, a shipped or fetch
                     device:str|None=None, quiet:bool=True) -> dict:
     "Perplexity of a model on a real text set, with the window convention (context, stride, tokens) reported."
     from workbench.metrics import perplexity
-    from workbench.models import load
     passages = text_passages(text, n)
-    lm = load(resolve_model(model), device) if isinstance(model, (str, Path)) else model
+    check(batch_size is None or batch_size >= 1, f"--batch-size must be ≥ 1, got {batch_size}")
+    lm = _loaded(model, device)
     limit = getattr(lm.model.config, "max_position_embeddings", None) or 1024
-    context = context or min(1024, limit)
+    context = min(1024, limit) if context is None else context     # 0 is refused by `perplexity`, not replaced
     ids = lm.tokenizer("\n\n".join(passages), add_special_tokens=False)["input_ids"]
     t0 = time.time()
-    r = perplexity(lm.model, ids, context, stride, batch_size or max(1, 2048 // context), quiet)
+    r = perplexity(lm.model, ids, context, stride, batch_size or max(1, 2048 // max(context, 1)), quiet)
     return {"model": str(model) if isinstance(model, (str, Path)) else str(lm.path), "text": text, "passages": len(passages),
             "ppl": r.ppl, "nll": r.nll, "tokens": r.tokens, "windows": r.windows, "context": r.context, "stride": r.stride,
             "seconds": round(time.time() - t0, 2)}
