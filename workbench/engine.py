@@ -5,16 +5,19 @@
 # %% ../nbs/20_engine.ipynb #44efa177
 from __future__ import annotations
 import itertools, math
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Callable
 from fastcore.basics import patch
 import numpy as np, torch
-from transformers import DynamicCache
+import torch.nn.functional as F
+from transformers import AttentionInterface
 from .core import WorkbenchError, check, check_fits, pick_device
 from .models import LM
 
+
 # %% auto #0
-__all__ = ['KVPool', 'Node', 'ets_kv_metric', 'sample_tokens', 'Stats', 'Engine', 'add_event']
+__all__ = ['KVPool', 'Node', 'ets_kv_metric', 'sample_tokens', 'Stats', 'Engine', 'PagedBatch', 'paged_attention', 'add_event']
 
 # %% ../nbs/20_engine.ipynb #3a365005
 class KVPool:
@@ -23,7 +26,7 @@ class KVPool:
                  kv_heads:int,                # Key/value heads per layer
                  head_dim:int,                # Size of one head
                  capacity_tokens:int,         # Tokens the pool holds (rounded up to whole blocks)
-                 block_size:int=1,            # Tokens per block; 1 = token-granular, like SGLang's radix cache
+                 block_size:int=16,           # Tokens per block; 1 = token-granular, like SGLang's radix cache
                  dtype:torch.dtype=torch.float32, # The model's dtype
                  device:str|torch.device|None=None, # None = CUDA when present
                  kv_bits:int|None=None,       # None = store in `dtype`; 16 = fp16; 8 / 4 = integer codes with per-token scales
@@ -32,20 +35,20 @@ class KVPool:
         check(capacity_tokens >= 1, f"capacity_tokens must be ≥ 1, got {capacity_tokens}")
         check(block_size >= 1, f"block_size must be ≥ 1, got {block_size}")
         self.block_size, self.n_blocks = block_size, math.ceil(capacity_tokens / block_size)
-        shape = (layers, self.n_blocks, kv_heads, block_size, head_dim)
         check(kv_bits in (None, 16, 8, 4), f"kv_bits must be None, 16, 8 or 4, got {kv_bits}")
         check(key_axis in ("token", "channel"), f"key_axis must be 'token' or 'channel', got {key_axis!r}")
         check(kv_bits != 4 or head_dim % 2 == 0, f"4-bit KV packs two values per byte: head_dim must be even, got {head_dim}")
-        self.dtype, self.kv_bits, self.key_axis = dtype, kv_bits, key_axis
+        self.dtype, self.kv_bits, self.key_axis, self.head_dim = dtype, kv_bits, key_axis, head_dim
         elem = head_dim * kv_bits // 8 + 4 if kv_bits in (8, 4) else head_dim * (2 if kv_bits == 16 else dtype.itemsize)
         check_fits(2 * layers * self.n_blocks * kv_heads * block_size * elem, device, f"a KV pool of {self.n_blocks * block_size} tokens",
                    "lower the width, the problems searched at once (--chunk) or --capacity-tokens")
+        shape, dev = (layers, self.n_blocks * block_size, kv_heads), pick_device(device)  # token-major: slot = block·size + offset
         if kv_bits in (8, 4):                      # codes (head_dim·bits/8 bytes) + fp16 scale and minimum per token and head
-            self.k = torch.zeros(shape[:-1] + (head_dim * kv_bits // 8,), dtype=torch.uint8, device=pick_device(device))
-            self.k_scale, self.k_min = (torch.zeros(shape[:-1], dtype=torch.float16, device=self.k.device) for _ in range(2))
+            self.k = torch.zeros(shape + (head_dim * kv_bits // 8,), dtype=torch.uint8, device=dev)
+            self.k_scale, self.k_min = (torch.zeros(shape, dtype=torch.float16, device=dev) for _ in range(2))
             self.v_scale, self.v_min = torch.zeros_like(self.k_scale), torch.zeros_like(self.k_scale)
-            self.k_channel = None                  # (layers, kv_heads, head_dim), set by the first write when key_axis="channel"
-        else: self.k = torch.zeros(shape, dtype=torch.float16 if kv_bits == 16 else dtype, device=pick_device(device))
+            self.k_channel = [None] * layers       # per layer (kv_heads, head_dim), set by its first write when key_axis="channel"
+        else: self.k = torch.zeros(shape + (head_dim,), dtype=torch.float16 if kv_bits == 16 else dtype, device=dev)
         self.v = torch.zeros_like(self.k)
         self.refs = np.zeros(self.n_blocks, dtype=np.int64)
         self.free = list(range(self.n_blocks - 1, -1, -1))  # a stack: pop() hands out low block ids first
@@ -56,8 +59,13 @@ class KVPool:
     @property
     def bytes_per_token(self) -> int:
         "K and V bytes of one token: 2 × layers × kv_heads × (head_dim × element size [+ 4 B of fp16 scale and minimum])."
-        layers, _, heads, _, dim = self.k.shape
+        layers, _, heads, dim = self.k.shape
         return 2 * layers * heads * (dim * self.k.element_size() + (4 if self.kv_bits in (8, 4) else 0))
+    @property
+    def allocated_bytes(self) -> int:
+        "Bytes of the preallocated tensors (the whole capacity), what the pool really holds."
+        ts = [self.k, self.v] + ([self.k_scale, self.k_min, self.v_scale, self.v_min] if self.kv_bits in (8, 4) else [])
+        return sum(t.numel() * t.element_size() for t in ts)
     @property
     def used_blocks(self) -> int: return self.n_blocks - len(self.free)
     @property
@@ -65,6 +73,7 @@ class KVPool:
     @property
     def peak_bytes(self) -> int: return self.peak_blocks * self.block_size * self.bytes_per_token
     def __repr__(self): return f"KVPool({self.used_blocks}/{self.n_blocks} blocks of {self.block_size} tokens, {self.bytes_per_token} B/token)"
+
 
 # %% ../nbs/20_engine.ipynb #ec81f55e
 def _blocks_needed_msg(pool:KVPool, n:int) -> str:
@@ -112,52 +121,48 @@ def _kv_dequantize(q:torch.Tensor, s:torch.Tensor, lo:torch.Tensor, bits:int) ->
     if bits == 4: q = torch.stack([q & 15, q >> 4], -1).flatten(-2)
     return q.float() * s.float()[..., None] + lo.float()[..., None]
 
-def _write_quantized(pool:KVPool, b, o, k, v):
-    if pool.key_axis == "channel":
-        if pool.k_channel is None: pool.k_channel = k.float().abs().amax(0).clamp(min=1e-4)   # (layers, kv_heads, head_dim)
-        k = k.float() / pool.k_channel
-    for x, codes, scale, lo in ((k, pool.k, pool.k_scale, pool.k_min), (v, pool.v, pool.v_scale, pool.v_min)):
-        q, s, m = _kv_quantize(x, pool.kv_bits)                         # x (n, layers, kv_heads, head_dim)
-        codes[:, b, :, o, :], scale[:, b, :, o], lo[:, b, :, o] = q, s, m
-
-def _gather_quantized(pool:KVPool, b, o) -> tuple[torch.Tensor, torch.Tensor]:
-    out = []
-    for codes, scale, lo, chan in ((pool.k, pool.k_scale, pool.k_min, pool.k_channel), (pool.v, pool.v_scale, pool.v_min, None)):
-        x = _kv_dequantize(codes[:, b, :, o, :], scale[:, b, :, o], lo[:, b, :, o], pool.kv_bits)  # (rows, P, L, H, D)
-        if chan is not None: x = x * chan
-        out.append(x.permute(2, 0, 3, 1, 4).contiguous().to(pool.dtype))
-    return tuple(out)
-
 
 # %% ../nbs/20_engine.ipynb #a3281932
 @patch
 def slots(self:KVPool, table:list[int], # Block table of a path
            start:int, end:int,           # Path positions start..end-1
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    "Block ids and in-block offsets of path positions `start..end-1`."
-    pos = torch.arange(start, end)
-    return torch.tensor(table, dtype=torch.long)[pos // self.block_size], pos % self.block_size
+          ) -> torch.Tensor:
+    "Pool slots (block · block_size + offset) of path positions `start..end-1`, shape (end - start,)."
+    pos = np.arange(start, end)
+    return torch.from_numpy(np.asarray(table, dtype=np.int64)[pos // self.block_size] * self.block_size + pos % self.block_size)
 
 @patch
-def write(self:KVPool, b:torch.Tensor, o:torch.Tensor, # Slots, each (n,)
-           k:torch.Tensor, v:torch.Tensor,             # (n, layers, kv_heads, head_dim)
+def write(self:KVPool, layer:int, slots:torch.Tensor, # Slots (n,)
+           k:torch.Tensor, v:torch.Tensor,            # (n, kv_heads, head_dim)
           ):
-    "Store keys and values of `n` tokens at slots `(b, o)`."
-    b, o = b.to(self.k.device), o.to(self.k.device)
-    if self.kv_bits in (8, 4): return _write_quantized(self, b, o, k, v)
-    self.k[:, b, :, o, :], self.v[:, b, :, o, :] = k.to(self.k.dtype), v.to(self.v.dtype)
+    "Store keys and values of `n` tokens of one layer at `slots`."
+    slots = slots.to(self.k.device)
+    if self.kv_bits not in (8, 4):
+        self.k[layer, slots], self.v[layer, slots] = k.to(self.k.dtype), v.to(self.v.dtype); return
+    if self.key_axis == "channel":
+        if self.k_channel[layer] is None: self.k_channel[layer] = k.float().abs().amax(0).clamp(min=1e-4)  # (kv_heads, head_dim)
+        k = k.float() / self.k_channel[layer]
+    for x, codes, scale, lo in ((k, self.k, self.k_scale, self.k_min), (v, self.v, self.v_scale, self.v_min)):
+        codes[layer, slots], scale[layer, slots], lo[layer, slots] = _kv_quantize(x, self.kv_bits)
 
 @patch
-def gather(self:KVPool, tables:list[list[int]], # One block table per row
-            lengths:list[int],                   # Path length of each row
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    "Left-padded keys and values of each row's path, each (layers, rows, kv_heads, max(lengths), head_dim)."
-    P = max(lengths)
-    b = torch.zeros(len(tables), P, dtype=torch.long); o = torch.zeros_like(b)  # padding reads slot (0, 0), masked later
-    for i, (t, n) in enumerate(zip(tables, lengths)): b[i, P - n:], o[i, P - n:] = self.slots(t, 0, n)
-    b, o = b.to(self.k.device), o.to(self.k.device)
-    if self.kv_bits in (8, 4): return _gather_quantized(self, b, o)
-    return tuple(x[:, b, :, o, :].permute(2, 0, 3, 1, 4).contiguous().to(self.dtype) for x in (self.k, self.v))  # (rows, P, L, H, D) -> (L, rows, H, P, D)
+def read(self:KVPool, layer:int, slots:torch.Tensor, # Slots of any shape S
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Keys and values of one layer at `slots`, each (*S, kv_heads, head_dim) in the model's dtype."
+    if self.kv_bits not in (8, 4): return self.k[layer][slots].to(self.dtype), self.v[layer][slots].to(self.dtype)
+    k = _kv_dequantize(self.k[layer][slots], self.k_scale[layer][slots], self.k_min[layer][slots], self.kv_bits)
+    if self.key_axis == "channel" and self.k_channel[layer] is not None: k = k * self.k_channel[layer]
+    v = _kv_dequantize(self.v[layer][slots], self.v_scale[layer][slots], self.v_min[layer][slots], self.kv_bits)
+    return k.to(self.dtype), v.to(self.dtype)
+
+@patch
+def copy(self:KVPool, src:torch.Tensor, dst:torch.Tensor # Slots (n,) each
+        ):
+    "Copy the stored tokens at `src` to `dst`, every layer (copy-on-write of a shared partial block)."
+    src, dst = src.to(self.k.device), dst.to(self.k.device)
+    ts = [self.k, self.v] + ([self.k_scale, self.k_min, self.v_scale, self.v_min] if self.kv_bits in (8, 4) else [])
+    for t in ts: t[:, dst] = t[:, src]
+
 
 # %% ../nbs/20_engine.ipynb #3266c98e
 @dataclass(eq=False)
@@ -170,8 +175,8 @@ class Node:
     problem: int = 0                         # Index of the problem whose tree this is
     depth: int = 0                           # 0 for a root
     n_path: int = 0                          # Tokens on the path root → self
-    blocks: list[int] = field(default_factory=list, repr=False)  # Block table of the path root → self
-    logits: torch.Tensor|None = field(default=None, repr=False)  # Next-token logits after the last token (vocab,)
+    blocks: list[int] = field(default_factory=list, repr=False)  # Block table of the stored path tokens
+    stored: int = 0                          # Path tokens whose K/V are in the pool: n_path - 1 until first expanded
     children: list[Node] = field(default_factory=list, repr=False)
     refs: int = 1                            # 1 while the search keeps it, + its live children
     alive: bool = True                       # Its blocks and logits are held
@@ -239,7 +244,7 @@ class Engine:
     "A tree of reasoning steps for one or many problems over a prefix-shared paged KV pool."
     def __init__(self, lm:LM,                  # Causal LM and tokenizer
                  capacity_tokens:int=65536,    # Size of the KV pool in tokens
-                 block_size:int=1,             # Tokens per pool block
+                 block_size:int=16,            # Tokens per pool block
                  device:str|torch.device|None=None, # None = the LM's device
                  on_event:Callable[[dict], None]|None=None, # Called with plain dict events (add, free)
                  kv_bits:int|None=None,        # KV pool storage: None = the model's dtype, 16, 8 or 4 (see KVPool)
@@ -248,16 +253,150 @@ class Engine:
         self.lm, self.tok, self.on_event = lm, lm.tokenizer, on_event
         self.device = lm.device if device is None else pick_device(device)
         self.model = lm.model.to(self.device).eval()
-        with torch.no_grad(): c = self.model(torch.zeros(1, 1, dtype=torch.long, device=self.device), use_cache=True).past_key_values
-        k = c.layers[0].keys  # (1, kv_heads, 1, head_dim)
-        self.pool = KVPool(len(c.layers), k.shape[1], k.shape[3], capacity_tokens, block_size, k.dtype, self.device,
-                           kv_bits, kv_key_axis)
+        cfg = self.model.config
+        heads = cfg.num_attention_heads
+        kv_heads, dim = getattr(cfg, "num_key_value_heads", None) or heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        dtype = next(self.model.parameters()).dtype
+        self.pool = KVPool(cfg.num_hidden_layers, kv_heads, dim, capacity_tokens, block_size, dtype, self.device, kv_bits, kv_key_axis)
         nl = self.tok.encode("\n", add_special_tokens=False)
         self.stop_ids = {self.tok.eos_token_id} | (set(nl) if len(nl) == 1 else set())  # a step ends at "\n" or eos
-        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_positions = getattr(cfg, "max_position_embeddings", None)
         self.live, self.roots, self.stats, self._ids = {}, [], Stats(), itertools.count()
 
     def __repr__(self): return f"Engine({self.lm!r}, {self.pool!r}, {len(self.live)} live nodes)"
+
+
+# %% ../nbs/20_engine.ipynb #8429854d
+@dataclass
+class PagedBatch:
+    "Where the rows of one forward read and write the pool; the model passes it through to `paged_attention`."
+    pool: KVPool
+    write: torch.Tensor                 # (rows,) slot of each row's new token; -1 = already stored, read it from the pool
+    own: torch.Tensor                   # (rows, U) slots each row attends to alone (its new token's included), padded
+    own_pos: torch.Tensor               # (rows, U) positions of those slots; -1 on padding
+    pos: torch.Tensor                   # (rows,) position of each row's new token
+    shared: torch.Tensor|None = None    # (G, S) slots of a prefix shared by a group of rows, padded
+    shared_len: torch.Tensor|None = None  # (G,) tokens of each group's prefix
+    group: torch.Tensor|None = None     # (n,) group of each grouped row
+    grouped: torch.Tensor|None = None   # (n,) index of each grouped row in the batch
+    place: torch.Tensor|None = None     # (n,) its place inside its group
+    group_rows: int = 0                 # rows of the largest group
+    prefill: bool = False               # one row, many new tokens, nothing stored before them
+
+def _softmax_parts(s:torch.Tensor, valid:torch.Tensor, v:torch.Tensor, spec:str):
+    "Max, sum of exponentials and unnormalised output of one part of the keys (flash-attention style partial softmax)."
+    s = s.float().masked_fill(~valid, -math.inf)
+    m = s.amax(-1, keepdim=True)
+    p = (s - m.nan_to_num(neginf=0.0)).exp()
+    return m, p.sum(-1, keepdim=True), torch.einsum(spec, p.to(v.dtype), v).float()
+
+
+# %% ../nbs/20_engine.ipynb #ef8f0765
+def paged_attention(module:torch.nn.Module, query:torch.Tensor, key:torch.Tensor, value:torch.Tensor, # (rows, heads, q, head_dim)
+                    attention_mask=None, scaling:float|None=None, dropout:float=0.0,
+                    sliding_window:int|None=None,   # Gemma 3's local layers: a key is seen while q_pos - k_pos < window
+                    paged:PagedBatch|None=None, **kwargs) -> tuple[torch.Tensor, None]:
+    "Attention over the pool in place: a shared prefix read once per group, each row's own slots, merged by log-sum-exp."
+    check(paged is not None, "paged_attention runs inside Engine forwards only")
+    pool, layer, (A, Hq, q_len, D), H = paged.pool, module.layer_idx, query.shape, key.shape[1]
+    scaling = D ** -0.5 if scaling is None else scaling
+    if paged.prefill:                                      # the prompt: store it, causal attention over itself
+        pool.write(layer, paged.write, key[0].transpose(0, 1), value[0].transpose(0, 1))
+        i = torch.arange(q_len, device=query.device)
+        mask = (i[:, None] >= i) & ((i[:, None] - i < sliding_window) if sliding_window else True)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=Hq != H)
+        return out.transpose(1, 2), None
+    q, kn, vn = query[:, :, 0].reshape(A, H, Hq // H, D), key[:, :, 0], value[:, :, 0]   # q (rows, kv_heads, group, D)
+    w = paged.write >= 0
+    pool.write(layer, paged.write[w], kn[w], vn[w])
+    ok = paged.own_pos >= 0
+    if sliding_window: ok &= paged.pos[:, None] - paged.own_pos < sliding_window
+    ko, vo = pool.read(layer, paged.own)                                   # (rows, U, kv_heads, D)
+    m, l, o = _softmax_parts(torch.einsum("ahed,auhd->aheu", q, ko) * scaling, ok[:, None, None], vo, "aheu,auhd->ahed")
+    if paged.shared is not None:                                           # each group's prefix is read once
+        ks, vs = pool.read(layer, paged.shared)                            # (G, S, kv_heads, D)
+        G, S = paged.shared.shape
+        Q = q.new_zeros(G, paged.group_rows, *q.shape[1:])
+        Q[paged.group, paged.place] = q[paged.grouped]
+        kpos = torch.arange(S, device=q.device)
+        ok_s = (kpos < paged.shared_len[:, None])[:, None]                   # (G, 1, S)
+        if sliding_window:
+            qpos = q.new_zeros(G, paged.group_rows, dtype=torch.long); qpos[paged.group, paged.place] = paged.pos[paged.grouped]
+            ok_s = ok_s & (qpos[..., None] - kpos < sliding_window)          # (G, R, S)
+        ms, ls, os_ = _softmax_parts(torch.einsum("grhed,gshd->grhes", Q, ks) * scaling, ok_s[:, :, None, None],
+                                     vs, "grhes,gshd->grhed")
+        r, at = paged.grouped, (paged.group, paged.place)
+        M = torch.maximum(m[r], ms[at])
+        a, b = (m[r] - M).exp(), (ms[at] - M).exp().nan_to_num(0.0)           # a part with no visible key adds nothing
+        o[r], l[r] = o[r] * a + os_[at] * b, l[r] * a + ls[at] * b
+    return (o / l).reshape(A, Hq, D)[:, None].to(query.dtype), None
+
+AttentionInterface.register("workbench_paged", paged_attention)
+
+
+# %% ../nbs/20_engine.ipynb #ccdcdafa
+@contextmanager
+def _attention(model, name:str):
+    "Run `model` with attention implementation `name`, then restore its own."
+    old = model.config._attn_implementation
+    model.config._attn_implementation = name
+    try: yield
+    finally: model.config._attn_implementation = old
+
+@patch
+def _forward(self:Engine, ids:torch.Tensor, pos:torch.Tensor, # (rows, q) token ids and their positions
+             paged:PagedBatch) -> torch.Tensor:
+    "Next-token logits (rows, vocab) after each row's last token, from one forward that reads and writes the pool."
+    with torch.no_grad(), _attention(self.model, "workbench_paged"):
+        out = self.model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1, paged=paged)
+    self.stats.forward_passes += 1
+    logits = out.logits[:, -1].float()
+    check(bool(torch.isfinite(logits).all()), "the model produced NaN or infinite logits; check its weights and dtype")
+    return logits
+
+
+# %% ../nbs/20_engine.ipynb #2a300e4a
+def _common_blocks(tables:list[list[int]], limit:int) -> int:
+    "Length of the block prefix all `tables` share, at most `limit`."
+    n, first = 0, tables[0]
+    while n < limit and all(len(t) > n and t[n] == first[n] for t in tables[1:]): n += 1
+    return n
+
+@patch
+def _batch(self:Engine, tables:list[list[int]], # Block table of each row (covering its new token's slot)
+           pos:list[int],          # Position of each row's new token
+           write:list[int],        # Slot to store it in, or -1 when it is already stored
+           problems:list[int],     # Problem of each row: rows of one problem may share a prefix
+           ) -> PagedBatch:
+    "A `PagedBatch`: each problem's common prefix of full blocks as one shared part (if ≥ 2 rows share ≥ 1 block), the rest per row."
+    bs, dev, start = self.pool.block_size, self.device, [0] * len(tables)
+    by_problem = {}
+    for i, p in enumerate(problems): by_problem.setdefault(p, []).append(i)
+    groups = []
+    for rows in by_problem.values():
+        c = _common_blocks([tables[i] for i in rows], min(pos[i] for i in rows) // bs) if len(rows) > 1 else 0
+        if c == 0: continue
+        groups.append((rows, tables[rows[0]][:c]))
+        for i in rows: start[i] = c * bs
+    U = max(p + 1 - s for p, s in zip(pos, start))
+    own, own_pos = np.zeros((len(tables), U), np.int64), np.full((len(tables), U), -1, np.int64)
+    for i, (t, p, s) in enumerate(zip(tables, pos, start)):
+        at = np.arange(s, p + 1)
+        own[i, :len(at)], own_pos[i, :len(at)] = np.asarray(t, np.int64)[at // bs] * bs + at % bs, at
+    T = lambda a: torch.as_tensor(np.asarray(a, np.int64), device=dev)
+    b = PagedBatch(self.pool, T(write), T(own), T(own_pos), T(pos))
+    if groups:
+        S = max(len(blocks) for _, blocks in groups) * bs
+        shared = np.zeros((len(groups), S), np.int64)
+        for g, (_, blocks) in enumerate(groups):
+            shared[g, :len(blocks) * bs] = (np.asarray(blocks, np.int64)[:, None] * bs + np.arange(bs)).ravel()
+        b.shared, b.shared_len = T(shared), T([len(blocks) * bs for _, blocks in groups])
+        b.group = T([g for g, (rows, _) in enumerate(groups) for _ in rows])
+        b.grouped = T([i for rows, _ in groups for i in rows])
+        b.place = T([j for rows, _ in groups for j in range(len(rows))])
+        b.group_rows = max(len(rows) for rows, _ in groups)
+    return b
+
 
 # %% ../nbs/20_engine.ipynb #bf7a585b
 def add_event(node:Node) -> dict:
@@ -270,10 +409,10 @@ def _emit(self:Engine, **ev):
     if self.on_event is not None: self.on_event(ev)
 
 @patch
-def _add(self:Engine, parent:Node|None, tokens:list[int], blocks:list[int], logits:torch.Tensor, problem:int) -> Node:
+def _add(self:Engine, parent:Node|None, tokens:list[int], blocks:list[int], problem:int) -> Node:
+    n_path = len(tokens) + (0 if parent is None else parent.n_path)
     node = Node(next(self._ids), parent, tokens, self.tok.decode(tokens, skip_special_tokens=True), problem,
-                0 if parent is None else parent.depth + 1, len(tokens) + (0 if parent is None else parent.n_path),
-                blocks, logits)
+                0 if parent is None else parent.depth + 1, n_path, blocks, n_path - 1)
     if parent is None: self.roots.append(node)
     else: parent.children.append(node); parent.refs += 1
     self.live[node.id] = node
@@ -305,86 +444,98 @@ def _check_positions(self:Engine, n:int):
     check(self.max_positions is None or n <= self.max_positions,
           f"a path of {n} tokens is longer than the model's {self.max_positions} positions; use shorter prompts or max_step_tokens")
 
-def _stack(cache:DynamicCache) -> tuple[torch.Tensor, torch.Tensor]:
-    "Keys and values of every layer, each (layers, batch, kv_heads, seq, head_dim)."
-    return torch.stack([l.keys for l in cache.layers]), torch.stack([l.values for l in cache.layers])
-
 @patch
 def add_root(self:Engine, prompt:str, # Prompt text; the tokenizer adds <bos>
              problem:int=0,           # Index of the problem
             ) -> Node:
-    "A new tree for `prompt`: prefill it into the pool and keep its next-token logits."
+    "A new tree for `prompt`: prefill all but its last token into the pool (the first expansion feeds that one)."
     ids = self.tok(prompt)["input_ids"]
     check(len(ids) >= 1, "the prompt encodes to no tokens")
     self._check_positions(len(ids))
-    with torch.no_grad():
-        out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1)
-    self.stats.forward_passes += 1
-    check(bool(torch.isfinite(out.logits).all()), "the model produced NaN or infinite logits; check its weights and dtype")
-    blocks = self.pool.alloc(math.ceil(len(ids) / self.pool.block_size))
-    k, v = _stack(out.past_key_values)  # (layers, 1, kv_heads, len(ids), head_dim)
-    self.pool.write(*self.pool.slots(blocks, 0, len(ids)), k[:, 0].permute(2, 0, 1, 3), v[:, 0].permute(2, 0, 1, 3))
-    node = self._add(None, ids, blocks, out.logits[0, -1].float(), problem)
+    blocks = self.pool.alloc(math.ceil((len(ids) - 1) / self.pool.block_size))
+    if len(ids) > 1:
+        slots = self.pool.slots(blocks, 0, len(ids) - 1).to(self.device)
+        self._forward(torch.tensor([ids[:-1]], device=self.device), torch.arange(len(ids) - 1, device=self.device)[None],
+                      PagedBatch(self.pool, slots, None, None, None, prefill=True))
+    node = self._add(None, ids, blocks, problem)
     self._update_peaks()
     return node
 
-# %% ../nbs/20_engine.ipynb #2a300e4a
-@patch
-def _decode(self:Engine, rows:list[Node], temperature:float, top_p:float, max_step_tokens:int,
-            stop:torch.Tensor, generator:torch.Generator|None):
-    "Sample one step per row; returns tokens (rows, T), new-token counts (rows,), last logits (rows, vocab), cache, pad width."
-    lens = torch.tensor([n.n_path for n in rows], device=self.device)  # (rows,)
-    P = int(lens.max())
-    k, v = self.pool.gather([n.blocks for n in rows], lens.tolist())    # each (layers, rows, kv_heads, P, head_dim)
-    cache = DynamicCache()
-    for l in range(k.shape[0]): cache.update(k[l], v[l], l)
-    mask = (torch.arange(P, device=self.device) >= P - lens[:, None]).long()  # (rows, P): 0 on the left padding
-    logits = torch.stack([n.logits for n in rows])                       # (rows, vocab)
-    last, B = logits.clone(), len(rows)
-    toks = torch.zeros(B, max_step_tokens, dtype=torch.long, device=self.device)
-    n_new, done = torch.zeros(B, dtype=torch.long, device=self.device), torch.zeros(B, dtype=torch.bool, device=self.device)
-    pad = self.tok.pad_token_id or 0
-    for t in range(max_step_tokens):
-        x = torch.where(done, pad, sample_tokens(logits, temperature, top_p, generator))  # (rows,)
-        toks[:, t] = x
-        mask = torch.cat([mask, (~done).long()[:, None]], 1)            # (rows, P + t + 1)
-        with torch.no_grad():
-            logits = self.model(input_ids=x[:, None], attention_mask=mask, position_ids=(lens + t)[:, None],
-                                past_key_values=cache, use_cache=True).logits[:, -1].float()
-        self.stats.forward_passes += 1
-        check(bool(torch.isfinite(logits[~done]).all()), "the model produced NaN or infinite logits; check its weights and dtype")
-        last[~done] = logits[~done]
-        n_new += (~done).long()
-        done |= torch.isin(x, stop) | (t + 1 == max_step_tokens)
-        if bool(done.all()): break
-    return toks, n_new.tolist(), last, cache, P
 
 # %% ../nbs/20_engine.ipynb #25a3294d
 @patch
-def _store(self:Engine, rows:list[Node], n_new:list[int], cache:DynamicCache, P:int) -> list[list[int]]:
-    "Block tables of the children: shared full parent blocks + fresh blocks holding the copied tail."
+def _feed_parents(self:Engine, parents:list[Node]) -> torch.Tensor:
+    "Feed each parent's last token (storing it if it is not yet in the pool); their next-token logits (parents, vocab)."
+    bs, write = self.pool.block_size, []
+    for n in parents:
+        if n.stored == n.n_path: write.append(-1); continue
+        if n.stored % bs == 0: n.blocks = n.blocks + self.pool.alloc(1)   # a fresh block of its own
+        write.append(n.blocks[n.stored // bs] * bs + n.stored % bs)
+        n.stored += 1
+    ids = torch.tensor([[n.tokens[-1]] for n in parents], device=self.device)
+    pos = [n.n_path - 1 for n in parents]
+    return self._forward(ids, torch.tensor(pos, device=self.device)[:, None],
+                         self._batch([n.blocks for n in parents], pos, write, [n.problem for n in parents]))
+
+@patch
+def _blocks_needed(self:Engine, rows:list[Node], max_step_tokens:int) -> int:
+    "Blocks an expansion takes at most: parents' last tokens, then each child's copied tail and new tokens."
     bs = self.pool.block_size
-    shared = [n.n_path // bs for n in rows]
-    need = [math.ceil((n.n_path + m) / bs) - s for n, m, s in zip(rows, n_new, shared)]
-    if sum(need) > len(self.pool.free): raise WorkbenchError(_blocks_needed_msg(self.pool, sum(need)))
-    tables, bi, oi, ri, ci = [], [], [], [], []
-    for i, (n, m, s, k) in enumerate(zip(rows, n_new, shared, need)):
+    parents = {id(n): n for n in rows}.values()
+    need = sum(n.stored < n.n_path and n.stored % bs == 0 for n in parents)
+    return need + sum(math.ceil((n.n_path + max_step_tokens - 1) / bs) - n.n_path // bs for n in rows)
+
+@patch
+def _children_tables(self:Engine, rows:list[Node]) -> list[list[int]]:
+    "Each child shares its parent's full blocks and gets a copy of the partial one (copy-on-write)."
+    bs, tables, src, dst = self.pool.block_size, [], [], []
+    for n in rows:
+        s, tail = divmod(n.n_path, bs)
         self.pool.incref(n.blocks[:s])
-        tables.append(n.blocks[:s] + self.pool.alloc(k))
-        b, o = self.pool.slots(tables[-1], s * bs, n.n_path + m); bi.append(b); oi.append(o)
-        ri.append(torch.full((len(b),), i)); ci.append(torch.arange(P - n.n_path + s * bs, P + m))
-    k, v = _stack(cache)                                          # (layers, rows, kv_heads, P + T, head_dim)
-    r, c = torch.cat(ri).to(self.device), torch.cat(ci).to(self.device)
-    self.pool.write(torch.cat(bi), torch.cat(oi), k[:, r, :, c, :], v[:, r, :, c, :])  # sources (n, layers, kv_heads, head_dim)
+        tables.append(n.blocks[:s])
+        if tail:
+            b = self.pool.alloc(1)[0]; tables[-1] = tables[-1] + [b]
+            src.append(n.blocks[s] * bs + np.arange(tail)); dst.append(b * bs + np.arange(tail))
+    if src: self.pool.copy(torch.from_numpy(np.concatenate(src)), torch.from_numpy(np.concatenate(dst)))
     return tables
 
+
 # %% ../nbs/20_engine.ipynb #7f296778
+@patch
+def _decode(self:Engine, rows:list[Node], temperature:float, top_p:float, max_step_tokens:int,
+            stop:torch.Tensor, generator:torch.Generator|None) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    "Sample one step per row straight into the pool: tokens (rows, T), new-token counts (rows,), each child's block table."
+    parents = list({id(n): n for n in rows}.values())
+    at = {id(n): i for i, n in enumerate(parents)}
+    logits = self._feed_parents(parents)[torch.tensor([at[id(n)] for n in rows], device=self.device)]  # (rows, vocab)
+    tables, bs, B = self._children_tables(rows), self.pool.block_size, len(rows)
+    toks = torch.zeros(B, max_step_tokens, dtype=torch.long, device=self.device)
+    done = torch.zeros(B, dtype=torch.bool, device=self.device)
+    n_new, pad = torch.zeros(B, dtype=torch.long, device=self.device), self.tok.pad_token_id or 0
+    for t in range(max_step_tokens):
+        x = torch.where(done, pad, sample_tokens(logits, temperature, top_p, generator))  # every row: one seeded stream
+        toks[:, t] = x
+        n_new += (~done).long()
+        done |= torch.isin(x, stop) | (t + 1 == max_step_tokens)
+        live = (~done).nonzero()[:, 0].tolist()
+        if not live: break
+        pos, write = [rows[i].n_path + t for i in live], []     # feed x at the next position; its slot is fresh or in the tail
+        for i, p in zip(live, pos):
+            if p % bs == 0: tables[i] = tables[i] + self.pool.alloc(1)
+            write.append(tables[i][p // bs] * bs + p % bs)
+        idx = torch.tensor(live, device=self.device)
+        logits[idx] = self._forward(x[idx, None], torch.tensor(pos, device=self.device)[:, None],
+                                    self._batch([tables[i] for i in live], pos, write, [rows[i].problem for i in live]))
+    return toks, n_new, tables
+
+
+# %% ../nbs/20_engine.ipynb #f48434ea
 @patch
 def expand(self:Engine, requests:list[tuple[Node, int]], # (node, k): sample k child steps of node
            temperature:float=1.0,       # 0 = greedy
            top_p:float=1.0,             # Nucleus sampling mass
            max_step_tokens:int=24,      # A step stops here if no stop token came
-           stop_ids:set[int]|None=None, # Tokens that end a step (fed, then kept); None = "\n" and eos
+           stop_ids:set[int]|None=None, # Tokens that end a step (kept in the step); None = "\n" and eos
            generator:torch.Generator|None=None, # Seeds the sampling
           ) -> list[list[Node]]:
     "Sample child steps of several nodes in one batch; returns the new children of each request."
@@ -396,16 +547,23 @@ def expand(self:Engine, requests:list[tuple[Node, int]], # (node, k): sample k c
     rows = [n for n, k in requests for _ in range(k)]  # one decode row per child
     if not rows: return [[] for _ in requests]
     self._check_positions(max(n.n_path for n in rows) + max_step_tokens)
+    need = self._blocks_needed(rows, max_step_tokens)   # reserved up front: a full pool changes nothing
+    if need > len(self.pool.free): raise WorkbenchError(_blocks_needed_msg(self.pool, need))
     stop = torch.tensor(sorted(self.stop_ids if stop_ids is None else stop_ids), device=self.device)
-    toks, n_new, last, cache, P = self._decode(rows, temperature, top_p, max_step_tokens, stop, generator)
-    tables = self._store(rows, n_new, cache, P)
-    toks = toks.tolist()
-    kids = [self._add(n, toks[i][:m], tables[i], last[i].clone(), n.problem) for i, (n, m) in enumerate(zip(rows, n_new))]
+    toks, n_new, tables = self._decode(rows, temperature, top_p, max_step_tokens, stop, generator)
+    kids = [self._add(n, tk[:m], table, n.problem) for n, tk, m, table in zip(rows, toks.tolist(), n_new.tolist(), tables)]
     for c in kids: c.eos = c.tokens[-1] == self.tok.eos_token_id
-    self.stats.tokens_generated += sum(n_new); self.stats.model_calls += len(kids)
+    self.stats.tokens_generated += sum(len(c.tokens) for c in kids); self.stats.model_calls += len(kids)
     self._update_peaks()
     it = iter(kids)
     return [[next(it) for _ in range(k)] for _, k in requests]
+
+@patch
+def logits(self:Engine, node:Node) -> torch.Tensor:
+    "Next-token logits after `node`'s last token, (vocab,): one forward of that token over its path in the pool."
+    check(node.alive, f"node {node.id} was freed; its logits are gone")
+    return self._feed_parents([node])[0]
+
 
 # %% ../nbs/20_engine.ipynb #c0ce55cb
 @patch
@@ -418,11 +576,6 @@ def path_text(self:Engine, node:Node) -> str:
     "Text after the prompt: the steps root → `node` joined."
     return self.tok.decode([t for n in node.path()[1:] for t in n.tokens], skip_special_tokens=True)
 
-@patch
-def logits(self:Engine, node:Node) -> torch.Tensor:
-    "Next-token logits after `node`'s last token, (vocab,)."
-    check(node.alive, f"node {node.id} was freed; its logits are gone")
-    return node.logits
 
 # %% ../nbs/20_engine.ipynb #496e8e7f
 @patch
@@ -435,7 +588,7 @@ def release(self:Engine, node:Node # A node the search no longer keeps
         node.refs -= 1
         if node.refs > 0: return
         freed = self.pool.decref(node.blocks)
-        node.alive, node.logits = False, None
+        node.alive = False
         del self.live[node.id]
         self._emit(t="free", node=node.id, blocks=len(freed))
         node = node.parent
