@@ -4,14 +4,15 @@
 
 # %% ../nbs/01_core.ipynb #dfc07a7c
 from __future__ import annotations
-import contextlib, hashlib, importlib.util, os, random, reprlib, shutil, tempfile
+import contextlib, ctypes, gc, hashlib, importlib.util, os, random, re, reprlib, shutil, tempfile
+from typing import Callable
 from pathlib import Path
 import numpy as np, torch
 
 # %% auto #0
 __all__ = ['WorkbenchError', 'check', 'brief', 'read_text', 'check_positions', 'check_writable', 'atomic_dir', 'pick_device',
-           'available_memory', 'check_fits', 'data_dir', 'import_modules', 'workbench_home', 'model_dir', 'derive_seed',
-           'seed_everything']
+           'available_memory', 'check_fits', 'measured_peak', 'data_dir', 'import_modules', 'workbench_home',
+           'model_dir', 'derive_seed', 'seed_everything']
 
 # %% ../nbs/01_core.ipynb #09e2ff98
 class WorkbenchError(ValueError):
@@ -106,6 +107,31 @@ def check_fits(n_bytes:int, device:str|torch.device|None, what:str, fix:str):
     "Refuse, before allocating, something larger than the memory left on `device` (instead of a MemoryError later)."
     free = available_memory(device)
     check(n_bytes <= free, f"{what} needs {n_bytes / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB is free on {pick_device(device)}; {fix}")
+
+# %% ../nbs/01_core.ipynb #58565aad
+def _rss() -> tuple[int, int]:
+    "Resident bytes now and the high-water mark since the last reset (Linux)."
+    with open("/proc/self/status") as f: s = f.read()
+    kb = lambda k: int(re.search(rf"{k}:\s+(\d+)", s)[1]) * 1024
+    return kb("VmRSS"), kb("VmHWM")
+
+def measured_peak(fn:Callable,                      # Called with no arguments
+                  device:str|torch.device|None=None, # Where the memory to measure lives; None = CUDA when present
+                 ) -> tuple[object, int]:
+    "`fn()` and the peak bytes it held above what was held before the call (CUDA allocator, or the Linux resident set)."
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev); base = torch.cuda.memory_allocated(dev); torch.cuda.reset_peak_memory_stats(dev)
+        out = fn(); torch.cuda.synchronize(dev)
+        return out, torch.cuda.max_memory_allocated(dev) - base
+    check(os.path.exists("/proc/self/clear_refs"), "measuring CPU memory needs Linux (/proc/self/clear_refs)")
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 64 * 1024)                        # M_MMAP_THRESHOLD: a fixed threshold also stops glibc raising it
+    gc.collect(); libc.malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f: f.write("5")    # 5: reset the high-water mark to the current size
+    base = _rss()[0]
+    out = fn()
+    return out, max(0, _rss()[1] - base)
 
 # %% ../nbs/01_core.ipynb #af0981dd
 def data_dir() -> Path:

@@ -42,7 +42,7 @@ class KVPool:
         elem = head_dim * kv_bits // 8 + 4 if kv_bits in (8, 4) else head_dim * (2 if kv_bits == 16 else dtype.itemsize)
         check_fits(2 * layers * self.n_blocks * kv_heads * block_size * elem, device, f"a KV pool of {self.n_blocks * block_size} tokens",
                    "lower the width, the problems searched at once (--chunk) or --capacity-tokens")
-        shape, dev = (layers, self.n_blocks * block_size, kv_heads), pick_device(device)  # token-major: slot = block·size + offset
+        shape, dev = (layers, kv_heads, self.n_blocks * block_size), pick_device(device)  # slot = block · block_size + offset
         if kv_bits in (8, 4):                      # codes (head_dim·bits/8 bytes) + fp16 scale and minimum per token and head
             self.k = torch.zeros(shape + (head_dim * kv_bits // 8,), dtype=torch.uint8, device=dev)
             self.k_scale, self.k_min = (torch.zeros(shape, dtype=torch.float16, device=dev) for _ in range(2))
@@ -59,7 +59,7 @@ class KVPool:
     @property
     def bytes_per_token(self) -> int:
         "K and V bytes of one token: 2 × layers × kv_heads × (head_dim × element size [+ 4 B of fp16 scale and minimum])."
-        layers, _, heads, dim = self.k.shape
+        layers, heads, _, dim = self.k.shape
         return 2 * layers * heads * (dim * self.k.element_size() + (4 if self.kv_bits in (8, 4) else 0))
     @property
     def allocated_bytes(self) -> int:
@@ -133,26 +133,27 @@ def slots(self:KVPool, table:list[int], # Block table of a path
 
 @patch
 def write(self:KVPool, layer:int, slots:torch.Tensor, # Slots (n,)
-           k:torch.Tensor, v:torch.Tensor,            # (n, kv_heads, head_dim)
+           k:torch.Tensor, v:torch.Tensor,            # (kv_heads, n, head_dim)
           ):
     "Store keys and values of `n` tokens of one layer at `slots`."
     slots = slots.to(self.k.device)
     if self.kv_bits not in (8, 4):
-        self.k[layer, slots], self.v[layer, slots] = k.to(self.k.dtype), v.to(self.v.dtype); return
+        self.k[layer][:, slots], self.v[layer][:, slots] = k.to(self.k.dtype), v.to(self.v.dtype); return
     if self.key_axis == "channel":
-        if self.k_channel[layer] is None: self.k_channel[layer] = k.float().abs().amax(0).clamp(min=1e-4)  # (kv_heads, head_dim)
-        k = k.float() / self.k_channel[layer]
+        if self.k_channel[layer] is None: self.k_channel[layer] = k.float().abs().amax(1).clamp(min=1e-4)  # (kv_heads, head_dim)
+        k = k.float() / self.k_channel[layer][:, None]
     for x, codes, scale, lo in ((k, self.k, self.k_scale, self.k_min), (v, self.v, self.v_scale, self.v_min)):
-        codes[layer, slots], scale[layer, slots], lo[layer, slots] = _kv_quantize(x, self.kv_bits)
+        codes[layer][:, slots], scale[layer][:, slots], lo[layer][:, slots] = _kv_quantize(x, self.kv_bits)
 
 @patch
 def read(self:KVPool, layer:int, slots:torch.Tensor, # Slots of any shape S
           ) -> tuple[torch.Tensor, torch.Tensor]:
-    "Keys and values of one layer at `slots`, each (*S, kv_heads, head_dim) in the model's dtype."
-    if self.kv_bits not in (8, 4): return self.k[layer][slots].to(self.dtype), self.v[layer][slots].to(self.dtype)
-    k = _kv_dequantize(self.k[layer][slots], self.k_scale[layer][slots], self.k_min[layer][slots], self.kv_bits)
-    if self.key_axis == "channel" and self.k_channel[layer] is not None: k = k * self.k_channel[layer]
-    v = _kv_dequantize(self.v[layer][slots], self.v_scale[layer][slots], self.v_min[layer][slots], self.kv_bits)
+    "Keys and values of one layer at `slots`, each (kv_heads, *S, head_dim) in the model's dtype."
+    if self.kv_bits not in (8, 4): return self.k[layer][:, slots].to(self.dtype), self.v[layer][:, slots].to(self.dtype)
+    k = _kv_dequantize(self.k[layer][:, slots], self.k_scale[layer][:, slots], self.k_min[layer][:, slots], self.kv_bits)
+    if self.key_axis == "channel" and self.k_channel[layer] is not None:
+        k = k * self.k_channel[layer].view(k.shape[0], *[1] * (k.dim() - 2), -1)
+    v = _kv_dequantize(self.v[layer][:, slots], self.v_scale[layer][:, slots], self.v_min[layer][:, slots], self.kv_bits)
     return k.to(self.dtype), v.to(self.dtype)
 
 @patch
@@ -161,7 +162,7 @@ def copy(self:KVPool, src:torch.Tensor, dst:torch.Tensor # Slots (n,) each
     "Copy the stored tokens at `src` to `dst`, every layer (copy-on-write of a shared partial block)."
     src, dst = src.to(self.k.device), dst.to(self.k.device)
     ts = [self.k, self.v] + ([self.k_scale, self.k_min, self.v_scale, self.v_min] if self.kv_bits in (8, 4) else [])
-    for t in ts: t[:, dst] = t[:, src]
+    for t in ts: t[:, :, dst] = t[:, :, src]
 
 
 # %% ../nbs/20_engine.ipynb #3266c98e
@@ -234,6 +235,8 @@ class Stats:
     pool_peak_bytes: int = 0         # Most pool bytes in use (whole blocks)
     naive_peak_bytes: int = 0        # Most bytes per-path caches would hold: Σ live leaves' path tokens
     unique_token_peak_bytes: int = 0 # Most bytes of distinct live tokens
+    transient_peak_bytes: int = 0    # Most bytes one forward and the sampling held beside the pool (ledger; CUDA: measured)
+    held_peak_bytes: int = 0         # Most bytes held at once: pool blocks in use + that forward's transients
 
     def reset(self):
         "Zero every counter."
@@ -262,6 +265,8 @@ class Engine:
         self.stop_ids = {self.tok.eos_token_id} | (set(nl) if len(nl) == 1 else set())  # a step ends at "\n" or eos
         self.max_positions = getattr(cfg, "max_position_embeddings", None)
         self.live, self.roots, self.stats, self._ids = {}, [], Stats(), itertools.count()
+        self.share_prefix = True    # False: every row reads its whole path alone (for ablations; same results)
+        self._buffer_bytes, self._cuda_base = 0, 0
 
     def __repr__(self): return f"Engine({self.lm!r}, {self.pool!r}, {len(self.live)} live nodes)"
 
@@ -283,12 +288,12 @@ class PagedBatch:
     group_rows: int = 0                 # rows of the largest group
     prefill: bool = False               # one row, many new tokens, nothing stored before them
 
-def _softmax_parts(s:torch.Tensor, valid:torch.Tensor, v:torch.Tensor, spec:str):
-    "Max, sum of exponentials and unnormalised output of one part of the keys (flash-attention style partial softmax)."
+def _softmax_parts(s:torch.Tensor, valid:torch.Tensor, v:torch.Tensor):
+    "Max, sum of exponentials and unnormalised output `p @ v` of one part of the keys (a partial softmax, as in flash attention)."
     s = s.float().masked_fill(~valid, -math.inf)
     m = s.amax(-1, keepdim=True)
     p = (s - m.nan_to_num(neginf=0.0)).exp()
-    return m, p.sum(-1, keepdim=True), torch.einsum(spec, p.to(v.dtype), v).float()
+    return m, p.sum(-1, keepdim=True), (p.to(v.dtype) @ v).float()
 
 
 # %% ../nbs/20_engine.ipynb #ef8f0765
@@ -301,35 +306,37 @@ def paged_attention(module:torch.nn.Module, query:torch.Tensor, key:torch.Tensor
     pool, layer, (A, Hq, q_len, D), H = paged.pool, module.layer_idx, query.shape, key.shape[1]
     scaling = D ** -0.5 if scaling is None else scaling
     if paged.prefill:                                      # the prompt: store it, causal attention over itself
-        pool.write(layer, paged.write, key[0].transpose(0, 1), value[0].transpose(0, 1))
+        pool.write(layer, paged.write, key[0], value[0])
         i = torch.arange(q_len, device=query.device)
         mask = (i[:, None] >= i) & ((i[:, None] - i < sliding_window) if sliding_window else True)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=Hq != H)
         return out.transpose(1, 2), None
-    q, kn, vn = query[:, :, 0].reshape(A, H, Hq // H, D), key[:, :, 0], value[:, :, 0]   # q (rows, kv_heads, group, D)
+    e = Hq // H                                            # query heads per key/value head
+    q = query[:, :, 0].reshape(A, H, e, D).transpose(0, 1)                 # (kv_heads, rows, e, D)
     w = paged.write >= 0
-    pool.write(layer, paged.write[w], kn[w], vn[w])
+    pool.write(layer, paged.write[w], key[w, :, 0].transpose(0, 1), value[w, :, 0].transpose(0, 1))
     ok = paged.own_pos >= 0
     if sliding_window: ok &= paged.pos[:, None] - paged.own_pos < sliding_window
-    ko, vo = pool.read(layer, paged.own)                                   # (rows, U, kv_heads, D)
-    m, l, o = _softmax_parts(torch.einsum("ahed,auhd->aheu", q, ko) * scaling, ok[:, None, None], vo, "aheu,auhd->ahed")
+    ko, vo = pool.read(layer, paged.own)                                   # (kv_heads, rows, U, D)
+    m, l, o = _softmax_parts(q @ ko.transpose(-1, -2) * scaling, ok[None, :, None], vo)   # (kv_heads, rows, e, ·)
     if paged.shared is not None:                                           # each group's prefix is read once
-        ks, vs = pool.read(layer, paged.shared)                            # (G, S, kv_heads, D)
-        G, S = paged.shared.shape
-        Q = q.new_zeros(G, paged.group_rows, *q.shape[1:])
-        Q[paged.group, paged.place] = q[paged.grouped]
+        ks, vs = pool.read(layer, paged.shared)                            # (kv_heads, G, S, D)
+        (G, S), R = paged.shared.shape, paged.group_rows
+        Q = q.new_zeros(H, G, R, e, D)
+        Q[:, paged.group, paged.place] = q[:, paged.grouped]
         kpos = torch.arange(S, device=q.device)
         ok_s = (kpos < paged.shared_len[:, None])[:, None]                   # (G, 1, S)
         if sliding_window:
-            qpos = q.new_zeros(G, paged.group_rows, dtype=torch.long); qpos[paged.group, paged.place] = paged.pos[paged.grouped]
+            qpos = paged.pos.new_zeros(G, R); qpos[paged.group, paged.place] = paged.pos[paged.grouped]
             ok_s = ok_s & (qpos[..., None] - kpos < sliding_window)          # (G, R, S)
-        ms, ls, os_ = _softmax_parts(torch.einsum("grhed,gshd->grhes", Q, ks) * scaling, ok_s[:, :, None, None],
-                                     vs, "grhes,gshd->grhed")
-        r, at = paged.grouped, (paged.group, paged.place)
-        M = torch.maximum(m[r], ms[at])
-        a, b = (m[r] - M).exp(), (ms[at] - M).exp().nan_to_num(0.0)           # a part with no visible key adds nothing
-        o[r], l[r] = o[r] * a + os_[at] * b, l[r] * a + ls[at] * b
-    return (o / l).reshape(A, Hq, D)[:, None].to(query.dtype), None
+        ok_s = ok_s[:, :, None].expand(G, R, e, S).reshape(G, R * e, S)
+        ms, ls, os_ = _softmax_parts(Q.view(H, G, R * e, D) @ ks.transpose(-1, -2) * scaling, ok_s[None], vs)
+        ms, ls, os_ = (x.view(H, G, R, e, -1) for x in (ms, ls, os_))
+        r, at = paged.grouped, (slice(None), paged.group, paged.place)
+        M = torch.maximum(m[:, r], ms[at])
+        a, b = (m[:, r] - M).exp(), (ms[at] - M).exp()                     # a part with no visible key adds nothing
+        o[:, r], l[:, r] = o[:, r] * a + os_[at] * b, l[:, r] * a + ls[at] * b
+    return (o / l).transpose(0, 1).reshape(A, Hq, D)[:, None].to(query.dtype), None
 
 AttentionInterface.register("workbench_paged", paged_attention)
 
@@ -350,10 +357,42 @@ def _forward(self:Engine, ids:torch.Tensor, pos:torch.Tensor, # (rows, q) token 
     with torch.no_grad(), _attention(self.model, "workbench_paged"):
         out = self.model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1, paged=paged)
     self.stats.forward_passes += 1
+    self._note_transient(self._ledger(ids.shape[0], ids.shape[1], paged))
     logits = out.logits[:, -1].float()
     check(bool(torch.isfinite(logits).all()), "the model produced NaN or infinite logits; check its weights and dtype")
     return logits
 
+@patch
+def _ledger(self:Engine, rows:int, q_len:int, paged:PagedBatch) -> int:
+    "Bytes one forward holds beside the pool: one layer's attention reads and scores, activations, the logits."
+    cfg, it, f4 = self.model.config, self.pool.dtype.itemsize, 4
+    H, D, Hq = self.pool.k.shape[1], self.pool.head_dim, cfg.num_attention_heads
+    inter = getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size
+    acts = rows * q_len * (6 * cfg.hidden_size + 3 * inter) * it + rows * cfg.vocab_size * (it + (0 if it == f4 else f4))
+    if paged.prefill: return acts + 2 * Hq * q_len * q_len * f4 + 2 * q_len * H * D * it
+    U = paged.own.shape[1]
+    attn = 2 * rows * U * H * D * it + 3 * rows * Hq * U * f4      # one layer's gathered keys and values, its scores
+    if paged.shared is not None:
+        (G, S), R = paged.shared.shape, paged.group_rows
+        attn += 2 * G * S * H * D * it + G * R * Hq * D * it + 3 * G * R * Hq * S * f4
+    return acts + attn
+
+@patch
+def _note_transient(self:Engine, n:int):
+    "Update the peaks with a moment's transients (CPU: from the ledger, plus the running expansion's logits buffer)."
+    s = self.stats
+    n += self._buffer_bytes
+    if self.device.type == "cuda": n = max(0, torch.cuda.max_memory_allocated(self.device) - self._cuda_base)
+    s.transient_peak_bytes = max(s.transient_peak_bytes, n)
+    s.held_peak_bytes = max(s.held_peak_bytes, self.pool.used_bytes + n)
+
+@patch
+def _start_transients(self:Engine, buffer_bytes:int=0):
+    "Start measuring the transients of an `add_root` or `expand` (on CUDA: from the allocator's current size)."
+    self._buffer_bytes = buffer_bytes
+    if self.device.type == "cuda":
+        torch.cuda.synchronize(self.device); torch.cuda.reset_peak_memory_stats(self.device)
+        self._cuda_base = torch.cuda.memory_allocated(self.device)
 
 # %% ../nbs/20_engine.ipynb #2a300e4a
 def _common_blocks(tables:list[list[int]], limit:int) -> int:
@@ -374,7 +413,7 @@ def _batch(self:Engine, tables:list[list[int]], # Block table of each row (cover
     for i, p in enumerate(problems): by_problem.setdefault(p, []).append(i)
     groups = []
     for rows in by_problem.values():
-        c = _common_blocks([tables[i] for i in rows], min(pos[i] for i in rows) // bs) if len(rows) > 1 else 0
+        c = _common_blocks([tables[i] for i in rows], min(pos[i] for i in rows) // bs) if len(rows) > 1 and self.share_prefix else 0
         if c == 0: continue
         groups.append((rows, tables[rows[0]][:c]))
         for i in rows: start[i] = c * bs
@@ -453,6 +492,7 @@ def add_root(self:Engine, prompt:str, # Prompt text; the tokenizer adds <bos>
     check(len(ids) >= 1, "the prompt encodes to no tokens")
     self._check_positions(len(ids))
     blocks = self.pool.alloc(math.ceil((len(ids) - 1) / self.pool.block_size))
+    self._start_transients()
     if len(ids) > 1:
         slots = self.pool.slots(blocks, 0, len(ids) - 1).to(self.device)
         self._forward(torch.tensor([ids[:-1]], device=self.device), torch.arange(len(ids) - 1, device=self.device)[None],
@@ -505,6 +545,8 @@ def _children_tables(self:Engine, rows:list[Node]) -> list[list[int]]:
 def _decode(self:Engine, rows:list[Node], temperature:float, top_p:float, max_step_tokens:int,
             stop:torch.Tensor, generator:torch.Generator|None) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
     "Sample one step per row straight into the pool: tokens (rows, T), new-token counts (rows,), each child's block table."
+    vocab_bytes = len(rows) * self.model.config.vocab_size * 4                  # one float32 row of logits per child
+    self._start_transients(vocab_bytes)                                        # the logits buffer, held while decoding
     parents = list({id(n): n for n in rows}.values())
     at = {id(n): i for i, n in enumerate(parents)}
     logits = self._feed_parents(parents)[torch.tensor([at[id(n)] for n in rows], device=self.device)]  # (rows, vocab)
@@ -514,6 +556,7 @@ def _decode(self:Engine, rows:list[Node], temperature:float, top_p:float, max_st
     n_new, pad = torch.zeros(B, dtype=torch.long, device=self.device), self.tok.pad_token_id or 0
     for t in range(max_step_tokens):
         x = torch.where(done, pad, sample_tokens(logits, temperature, top_p, generator))  # every row: one seeded stream
+        self._note_transient(vocab_bytes * (2 if top_p == 1 else 4))          # probabilities and draws (+ the top-p sort)
         toks[:, t] = x
         n_new += (~done).long()
         done |= torch.isin(x, stop) | (t + 1 == max_step_tokens)
@@ -526,6 +569,7 @@ def _decode(self:Engine, rows:list[Node], temperature:float, top_p:float, max_st
         idx = torch.tensor(live, device=self.device)
         logits[idx] = self._forward(x[idx, None], torch.tensor(pos, device=self.device)[:, None],
                                     self._batch([tables[i] for i in live], pos, write, [rows[i].problem for i in live]))
+    self._buffer_bytes = 0
     return toks, n_new, tables
 
 

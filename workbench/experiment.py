@@ -65,14 +65,14 @@ def pool_tokens(prompt_tokens:list[int],  # Prompt length of each problem in tok
                 max_steps:int,            # Most steps of a solution
                 max_step_tokens:int=24,   # Most tokens of one step
                 chunk:int=25,             # Problems searched at once
-                block_size:int=1,         # Tokens per pool block
+                block_size:int=16,        # Tokens per pool block
                 branching:int=4,          # Children per opened node of searches that keep their tree (MCTS, A*)
                ) -> int:
     "KV pool size in tokens that holds the live search trees of `chunk` problems at once."
     check(width >= 1 and max_steps >= 1 and chunk >= 1, f"need width, max_steps and chunk ≥ 1, got {width}, {max_steps}, {chunk}")
     node = max_step_tokens + 2 * (block_size - 1)          # one step, plus the parent's partial block a child copies
     per_problem = max(prompt_tokens) + block_size + branching * width * max_steps * node
-    return min(chunk, len(prompt_tokens)) * per_problem
+    return -(-min(chunk, len(prompt_tokens)) * per_problem // block_size) * block_size   # whole blocks
 
 # %% ../nbs/18_experiment.ipynb #5e7a0004
 @dataclass
@@ -105,7 +105,7 @@ def search_setup(policy="countdown-policy",  # An `LM`, a model directory or a s
                  max_step_tokens:int=24,     # As in `SearchConfig`
                  chunk:int=25,               # Problems searched at once
                  capacity_tokens:int|None=None, # KV pool size; None = `pool_tokens`
-                 block_size:int=1,           # KV pool block size
+                 block_size:int=16,          # KV pool block size
                  kv_bits:int|None=None,      # KV pool storage (see `KVPool`)
                  kv_key_axis:str="token",
                  branching:int=4,            # See `pool_tokens`
