@@ -1,7 +1,7 @@
 // KVCacheMonitor: pool bytes vs per-path bytes vs the unique-token limit over time, block occupancy, sharing per
 // live branch, and torch.cuda memory when the model is on CUDA. Hovering a TreeExplorer node highlights its blocks.
 const SERIES = [["naive", "#cf222e", "per-path caches"], ["unique", "#2da44e", "unique-token limit"], ["pool", "#1f6feb", "KV pool (in use, dashed)"],
-                ["cuda_allocated", "#8250df", "torch.cuda allocated"]];
+                ["held", "#bf8700", "held: pool + transients (measured on CUDA, ledger on CPU)"], ["cuda_allocated", "#8250df", "torch.cuda allocated"]];
 const fmt = b => b >= 1 << 30 ? (b / (1 << 30)).toFixed(2) + " GiB" : b >= 1 << 20 ? (b / (1 << 20)).toFixed(2) + " MiB" : (b / 1024).toFixed(1) + " KiB";
 
 function render({ model, el }) {
@@ -31,7 +31,7 @@ function render({ model, el }) {
     }
     ctx.setLineDash([]); ctx.fillStyle = "#57606a"; ctx.fillText(fmt(top), 2, 10); ctx.fillText("0", 2, c.height - 12);
     const last = s[s.length - 1], peak = k => Math.max(...s.map(p => p[k] || 0));
-    $(".wb-kv-now").textContent = `now: pool ${fmt(last.pool)} · peak: pool ${fmt(peak("pool"))}, per-path ${fmt(peak("naive"))}, unique ${fmt(peak("unique"))}` +
+    $(".wb-kv-now").textContent = `now: pool ${fmt(last.pool)} · peak: pool ${fmt(peak("pool"))}, held ${fmt(peak("held"))}, per-path ${fmt(peak("naive"))}, unique ${fmt(peak("unique"))}` +
       (peak("naive") ? ` (pool/per-path ${(peak("pool") / peak("naive")).toFixed(2)})` : "") +
       (cuda ? ` · cuda allocated ${fmt(last.cuda_allocated)}, reserved ${fmt(last.cuda_reserved)}` : "") + ` · ${model.get("device")}`;
     el.dataset.samples = String(s.length);

@@ -266,7 +266,7 @@ class Engine:
         self.max_positions = getattr(cfg, "max_position_embeddings", None)
         self.live, self.roots, self.stats, self._ids = {}, [], Stats(), itertools.count()
         self.share_prefix = True    # False: every row reads its whole path alone (for ablations; same results)
-        self._buffer_bytes, self._cuda_base = 0, 0
+        self._buffer_bytes, self._transient_now, self._cuda_base = 0, 0, 0
 
     def __repr__(self): return f"Engine({self.lm!r}, {self.pool!r}, {len(self.live)} live nodes)"
 
@@ -383,13 +383,14 @@ def _note_transient(self:Engine, n:int):
     s = self.stats
     n += self._buffer_bytes
     if self.device.type == "cuda": n = max(0, torch.cuda.max_memory_allocated(self.device) - self._cuda_base)
+    self._transient_now = n
     s.transient_peak_bytes = max(s.transient_peak_bytes, n)
     s.held_peak_bytes = max(s.held_peak_bytes, self.pool.used_bytes + n)
 
 @patch
 def _start_transients(self:Engine, buffer_bytes:int=0):
     "Start measuring the transients of an `add_root` or `expand` (on CUDA: from the allocator's current size)."
-    self._buffer_bytes = buffer_bytes
+    self._buffer_bytes = self._transient_now = buffer_bytes
     if self.device.type == "cuda":
         torch.cuda.synchronize(self.device); torch.cuda.reset_peak_memory_stats(self.device)
         self._cuda_base = torch.cuda.memory_allocated(self.device)
@@ -465,10 +466,10 @@ def live_leaves(self:Engine) -> list[Node]:
 
 @patch
 def kv_bytes(self:Engine) -> dict:
-    "KV bytes now: the pool in use, per-path caches of the live leaves, and the unique-token limit."
+    "Bytes now: the pool in use, per-path caches of the live leaves, the unique-token limit, and held (pool + transients)."
     bpt = self.pool.bytes_per_token
     return {"pool": self.pool.used_bytes, "naive": sum(n.n_path for n in self.live_leaves()) * bpt,
-            "unique": sum(len(n.tokens) for n in self.live.values()) * bpt}
+            "unique": sum(len(n.tokens) for n in self.live.values()) * bpt, "held": self.pool.used_bytes + self._transient_now}
 
 @patch
 def _update_peaks(self:Engine):

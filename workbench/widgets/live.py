@@ -77,7 +77,7 @@ class KVCacheMonitor(anywidget.AnyWidget):
     "Live KV-pool monitor of an `Engine`: bytes over time, block occupancy, sharing per live branch, CUDA memory."
     _esm = widget_file("kv_monitor.js")
     _css = widget_file("kv_monitor.css")
-    samples = traitlets.List([]).tag(sync=True)    # {pool, naive, unique, cuda_allocated, cuda_reserved} over time
+    samples = traitlets.List([]).tag(sync=True)    # {pool, naive, unique, held, cuda_allocated, cuda_reserved} over time
     blocks = traitlets.List([]).tag(sync=True)     # reference count per block (downsampled to ≤ max_cells)
     sharing = traitlets.List([]).tag(sync=True)    # per live leaf: fraction of its path's blocks shared with others
     highlight = traitlets.List([]).tag(sync=True)  # block cells of the hovered node's path
