@@ -138,22 +138,23 @@ def write(self:KVPool, layer:int, slots:torch.Tensor, # Slots (n,)
     "Store keys and values of `n` tokens of one layer at `slots`."
     slots = slots.to(self.k.device)
     if self.kv_bits not in (8, 4):
-        self.k[layer][:, slots], self.v[layer][:, slots] = k.to(self.k.dtype), v.to(self.v.dtype); return
+        self.k[layer].index_copy_(1, slots, k.to(self.k.dtype)); self.v[layer].index_copy_(1, slots, v.to(self.v.dtype)); return
     if self.key_axis == "channel":
         if self.k_channel[layer] is None: self.k_channel[layer] = k.float().abs().amax(1).clamp(min=1e-4)  # (kv_heads, head_dim)
         k = k.float() / self.k_channel[layer][:, None]
     for x, codes, scale, lo in ((k, self.k, self.k_scale, self.k_min), (v, self.v, self.v_scale, self.v_min)):
-        codes[layer][:, slots], scale[layer][:, slots], lo[layer][:, slots] = _kv_quantize(x, self.kv_bits)
+        for t, y in zip((codes, scale, lo), _kv_quantize(x, self.kv_bits)): t[layer].index_copy_(1, slots, y)
 
 @patch
 def read(self:KVPool, layer:int, slots:torch.Tensor, # Slots of any shape S
           ) -> tuple[torch.Tensor, torch.Tensor]:
     "Keys and values of one layer at `slots`, each (kv_heads, *S, head_dim) in the model's dtype."
-    if self.kv_bits not in (8, 4): return self.k[layer][:, slots].to(self.dtype), self.v[layer][:, slots].to(self.dtype)
-    k = _kv_dequantize(self.k[layer][:, slots], self.k_scale[layer][:, slots], self.k_min[layer][:, slots], self.kv_bits)
+    take = lambda t: t[layer].index_select(1, slots.flatten()).view(t.shape[1], *slots.shape, *t.shape[3:])  # faster than t[layer][:, slots]
+    if self.kv_bits not in (8, 4): return take(self.k).to(self.dtype), take(self.v).to(self.dtype)
+    k = _kv_dequantize(take(self.k), take(self.k_scale), take(self.k_min), self.kv_bits)
     if self.key_axis == "channel" and self.k_channel[layer] is not None:
         k = k * self.k_channel[layer].view(k.shape[0], *[1] * (k.dim() - 2), -1)
-    v = _kv_dequantize(self.v[layer][:, slots], self.v_scale[layer][:, slots], self.v_min[layer][:, slots], self.kv_bits)
+    v = _kv_dequantize(take(self.v), take(self.v_scale), take(self.v_min), self.kv_bits)
     return k.to(self.dtype), v.to(self.dtype)
 
 @patch
