@@ -1,5 +1,6 @@
 "Property-based checks of the tree KV engine (hypothesis): random trees, random releases, two block sizes."
 from collections import Counter
+import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from workbench.engine import Engine
@@ -56,3 +57,29 @@ def test_random_trees_keep_logits_and_blocks_consistent(data, block_size, seed):
     for n in list(e.live.values()):
         if not n.released: e.release(n)
     assert e.pool.used_blocks == 0 and not e.live and e.pool.refs.sum() == 0
+
+
+@pytest.fixture(scope="module")
+def smol():
+    "SmolLM2-135M-Instruct (Llama, 3 key/value heads for 9 query heads, 49k vocabulary), fetched once into the cache."
+    from workbench import fetch
+    from workbench.models import load
+    fetch.fetch_model("smollm2-135m-instruct", quiet=True)
+    return load("smollm2-135m-instruct", "cpu")
+
+
+@settings(max_examples=4, deadline=None)
+@given(data=st.data(), block_size=st.sampled_from([1, 16]), seed=st.integers(0, 2**31))
+def test_random_trees_on_smollm2(smol, data, block_size, seed):
+    "The logits invariant on a real model with grouped key/value heads: random trees, shared prompts, two problems."
+    e = Engine(smol, capacity_tokens=4096, block_size=block_size)
+    g = torch.Generator().manual_seed(seed)
+    prompts = ["Question: Natalia sold clips to 48 of her friends in April. How many in May?\nAnswer:", "2+3="]
+    for i, p in enumerate(data.draw(st.lists(st.sampled_from(prompts), min_size=1, max_size=2))): e.add_root(p, problem=i)
+    for _ in range(data.draw(st.integers(1, 3))):
+        kept = [n for n in e.live.values() if not n.released]
+        nodes = data.draw(st.lists(st.sampled_from(kept), min_size=1, max_size=2, unique=True))
+        e.expand([(n, data.draw(st.integers(1, 3))) for n in nodes], max_step_tokens=data.draw(st.integers(1, 5)), generator=g)
+    for n in list(e.live.values()):
+        with torch.no_grad(): ref = smol.model(torch.tensor([e.path_ids(n)])).logits[0, -1]
+        assert torch.allclose(e.logits(n), ref, atol=1e-4), (n.id, (e.logits(n) - ref).abs().max())
