@@ -80,6 +80,7 @@ def test_bench_search_quick_runs_and_kv_ratios_hold():
     assert rc == 0, err
     r = json.loads(out)
     assert r["pool_over_unique_limit_w16"] <= 1.05 and r["pool_over_naive_bytes_w16"] <= 0.33
+    assert r["pool_over_unique_limit_w16_block16"] >= r["pool_over_unique_limit_w16"]   # partial blocks cost, never save
     from workbench.search.registry import SEARCHES
     assert r["engine_vs_hf_tokens_per_s"] > 0 and len(r["rows"]) == 1 + 2 * (len(SEARCHES) - 1) and len(r["noisy_rows"]) == 2 * 5
     assert set(r["claims"]) >= {"noisy_best-of-n_over_astar_tokens_generated", "noisy_beam_over_particle_budget"}
