@@ -1,4 +1,4 @@
-"`workbench harness` / `ppl-text` on real benchmark data: the tiny shipped model and fetched SmolLM2, --n 20."
+"`workbench eval --task` / `ppl --text` (and their aliases `harness` / `ppl-text`) on real benchmark data: the tiny shipped model and fetched SmolLM2, --n 20."
 import json
 import numpy as np
 import pytest
@@ -63,8 +63,8 @@ def test_acc_norm_is_lm_evals_per_character_normalisation(fetched):
         assert harness.doc_scores(d, lls) == by_hand
 
 
-def test_harness_cli_on_smollm2(fetched):
-    rc, so, se = run_cli("harness", SMOL, "--task", "arc-easy", "--n", "20", "--json")
+def test_eval_cli_on_smollm2(fetched):
+    rc, so, se = run_cli("eval", SMOL, "--task", "arc-easy", "--n", "20", "--json")
     assert rc == 0, se
     r = json.loads(so)
     check_result(r)
@@ -73,21 +73,37 @@ def test_harness_cli_on_smollm2(fetched):
 
 
 def test_ppl_text_cli_states_its_window_convention(fetched):
-    rc, so, se = run_cli("ppl-text", SMOL, "--text", "boolq", "--n", "20", "--json")
+    rc, so, se = run_cli("ppl", SMOL, "--text", "boolq", "--n", "20", "--json")
     assert rc == 0, se
     r = json.loads(so)
     assert (r["context"], r["stride"], r["passages"]) == (1024, 1024, 20) and r["tokens"] == r["windows"] * 1023
     assert 2 < r["ppl"] < 60
-    rc, so, se = run_cli("ppl-text", TEXT_LM, "--text", "lambada", "--n", "40", "--context", "128", "--stride", "64", "--json")
+    rc, so, se = run_cli("ppl", TEXT_LM, "--text", "lambada", "--n", "40", "--context", "128", "--stride", "64", "--json")
     assert rc == 0, se
     r = json.loads(so)
     assert (r["context"], r["stride"]) == (128, 64) and r["ppl"] > 1
+
+
+def test_aliases_give_what_the_folded_commands_give(fetched):
+    "`harness` = `eval --task` and `ppl-text` = `ppl --text` (hidden from --help); `ppl` without --text is the corpus perplexity."
+    for alias, folded in [(["harness", "text-lm", "--task", "piqa", "--n", "10"], ["eval", "text-lm", "--task", "piqa", "--n", "10"]),
+                          (["ppl-text", "text-lm", "--text", "lambada", "--n", "10"], ["ppl", "text-lm", "--text", "lambada", "--n", "10"])]:
+        (rc1, a, e1), (rc2, b, e2) = run_cli(*alias, "--json"), run_cli(*folded, "--json")
+        assert rc1 == rc2 == 0, (e1, e2)
+        assert {**json.loads(a), "seconds": 0} == {**json.loads(b), "seconds": 0}
+    rc, so, se = run_cli("--help")
+    assert rc == 0 and "harness" not in so and "ppl-text" not in so and "eval" in so
+    rc, so, se = run_cli("ppl", TEXT_LM, "--json")                 # today's ppl: the docstrings' held-out split, 256-token windows
+    assert rc == 0 and json.loads(so)["split"] == "heldout" and json.loads(so)["context"] == 256
 
 
 @pytest.mark.parametrize("args,msg", [
     (["harness", "text-lm", "--task", "mmlu"], "unknown harness task 'mmlu': use one of hellaswag, arc-easy, arc-challenge, piqa, winogrande, boolq, lambada"),
     (["harness", "text-lm", "--n", "0"], "--n must be ≥ 1, got 0"),
     (["ppl-text", "text-lm", "--text", "wikitext"], "unknown text 'wikitext': use one of lambada, boolq, docstrings"),
+    (["eval", "text-lm", "--task", "mmlu"], "unknown task 'mmlu': use one of hellaswag, arc-easy, arc-challenge, piqa, winogrande, boolq, lambada, countdown, chain, gsm8k, math500"),
+    (["eval", "text-lm", "--task", "piqa", "--n", "0"], "--n must be ≥ 1, got 0"),
+    (["ppl", "text-lm", "--text", "wikitext"], "unknown text 'wikitext': use one of lambada, boolq, docstrings"),
 ])
 def test_bad_input_is_one_line_exit_2(args, msg):
     rc, so, se = run_cli(*args, "--json")

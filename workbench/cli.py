@@ -118,38 +118,89 @@ def problems_for(task:str, split:str, task_file:Optional[Path], n:int, seed:int)
     probs = t.load_file(task_file)[:n] if task_file else t.problems(split, n, seed)
     return t, probs
 
+def _refuse_options(task:str, **given):
+    "Refuse options that the task does not read (given: not None / not False)."
+    bad = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and v is not False]
+    check(not bad, f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply to --task {task}")
+
 @app.command("eval")
-def eval_cmd(model_dir:Path=typer.Argument(..., help="Model directory"),
-             task:str="countdown", split:str="test",
-             task_file:Optional[Path]=typer.Option(None, help="JSONL problems instead of a split"),
-             n:int=typer.Option(100, help="Problems"), k:int=typer.Option(16, help="pass@k budget"),
-             samples:Optional[int]=typer.Option(None, help="Samples per problem (≥ k); default k"),
-             temperature:float=1.0, seed:int=0, device:Optional[str]=None,
-             as_json:bool=typer.Option(False, "--json")):
-    "Greedy accuracy and pass@k of a model on a task split or task file."
+def eval_cmd(model:str=typer.Argument(..., help="Model folder, shipped model or fetched model name"),
+             task:str=typer.Option("countdown", help="hellaswag, arc-easy, arc-challenge, piqa, winogrande, boolq, lambada "
+                                   "(lm-eval's scoring); gsm8k, math500 (generated solutions); countdown, chain"),
+             split:Optional[str]=typer.Option(None, help="countdown, chain: train, validation, test or hard (default test)"),
+             task_file:Optional[Path]=typer.Option(None, help="JSONL problems instead of a split (countdown, chain, gsm8k, math500)"),
+             n:Optional[int]=typer.Option(None, help="Problems: default 100 for countdown and chain, all for the benchmarks"),
+             k:Optional[int]=typer.Option(None, help="Samples for pass@k (and maj@k): default 16 for countdown and chain, 4 for gsm8k and math500"),
+             samples:Optional[int]=typer.Option(None, help="countdown, chain: samples per problem (≥ k); default k"),
+             temperature:Optional[float]=typer.Option(None, help="Sampling temperature: default 1.0 for countdown and chain, 0.6 for gsm8k and math500"),
+             top_p:Optional[float]=typer.Option(None, help="gsm8k, math500: nucleus sampling (default 0.95)"),
+             max_new_tokens:Optional[int]=typer.Option(None, help="gsm8k, math500: generation limit (default 256, math500 512)"),
+             batch_size:Optional[int]=typer.Option(None, help="Requests per forward pass (multiple choice: 16) or rows decoded together (gsm8k, math500: 32)"),
+             show_prompt:bool=typer.Option(False, "--show-prompt", help="Print the exact prompt of the first problem (after the chat template) and exit"),
+             seed:int=0, device:Optional[str]=None, as_json:bool=typer.Option(False, "--json")):
+    "Evaluate a model: lm-eval accuracy (multiple choice), greedy / maj@k / pass@k (gsm8k, math500), greedy and pass@k (countdown, chain)."
+    from workbench.fetch import resolve_model
+    from workbench.harness import GENERATIVE, HARNESS_TASKS, evaluate_generative, evaluate_harness, first_prompt
+    from workbench.models import quiet_transformers
+    from workbench.tasks import TASKS
+    check(task in HARNESS_TASKS or task in TASKS, f"unknown task {task!r}: use one of {', '.join([*HARNESS_TASKS, *TASKS])}")
+    check(n is None or n >= 1, f"--n must be ≥ 1, got {n}")
+    if show_prompt:
+        text = first_prompt(model, task)
+        return print(json.dumps({"task": task, "prompt": text})) if as_json else print(text, end="" if text.endswith("\n") else "\n")
+    if task in HARNESS_TASKS:
+        _refuse_options(task, split=split, task_file=task_file, k=k, samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        resolve_model(model)                                       # an unknown or unfetched model: refused before the data is read
+        with quiet_transformers(): return emit(evaluate_harness(model, task, n, batch_size or 16, seed, device, quiet=as_json), as_json)
+    if task in GENERATIVE:
+        check(split in (None, "test"), f"{task} has only the test split, not {split!r}")
+        _refuse_options(task, samples=samples)
+        probs = None
+        if task_file:
+            from workbench.tasks import get_task
+            probs = get_task(task).load_file(task_file)[:n]
+        resolve_model(model)
+        with quiet_transformers():
+            res = evaluate_generative(model, task, n, 4 if k is None else k, 0.6 if temperature is None else temperature,
+                                      0.95 if top_p is None else top_p, max_new_tokens, batch_size or 32, seed, device,
+                                      problems=probs, quiet=as_json)
+        return emit({**res, "split": "file" if task_file else "test"}, as_json)
+    _refuse_options(task, top_p=top_p, max_new_tokens=max_new_tokens)
     from workbench.evaluate import evaluate_task
     from workbench.models import load
+    n, k, temperature, split = 100 if n is None else n, 16 if k is None else k, 1.0 if temperature is None else temperature, split or "test"
     t, probs = problems_for(task, split, task_file, n, seed)
     check(k >= 1, f"--k must be ≥ 1, got {k}")
     check(samples is None or samples >= k, f"samples per problem ({samples}) must be ≥ k ({k})")
-    lm = load(model_dir, device)
-    res = evaluate_task(lm, t, probs, k=k, n_samples=samples, temperature=temperature, seed=seed, quiet=as_json)
-    emit({"model": str(model_dir), "task": task, "split": "file" if task_file else split, **res}, as_json)
+    lm = load(resolve_model(model), device)
+    res = evaluate_task(lm, t, probs, k=k, n_samples=samples, temperature=temperature, seed=seed, batch_size=batch_size or 256, quiet=as_json)
+    emit({"model": str(Path(model)), "task": task, "split": "file" if task_file else split, **res}, as_json)
 
 @app.command("ppl")
-def ppl_cmd(model_dir:Path=typer.Argument(..., help="Model directory"),
-            corpus:Path=typer.Option(None, help="Corpus directory; default: the shipped docstrings"),
-            split:str="heldout", context:int=256,
+def ppl_cmd(model:str=typer.Argument(..., help="Model folder, shipped model or fetched model name"),
+            text:Optional[str]=typer.Option(None, help="lambada, boolq or docstrings: a real text set (lm-eval-style windows)"),
+            corpus:Path=typer.Option(None, help="Without --text: a corpus directory; default: the shipped docstrings"),
+            split:str=typer.Option("heldout", help="Without --text: the corpus split"),
+            context:Optional[int]=typer.Option(None, help="Window in tokens; default 256, with --text min(1024, the model's positions)"),
             stride:Optional[int]=typer.Option(None, help="Window step; default = context (non-overlapping)"),
+            n:Optional[int]=typer.Option(None, help="With --text: the first N passages; default all"),
+            batch_size:Optional[int]=typer.Option(None, help="With --text: windows per forward pass; default about 2,048 tokens per pass"),
             device:Optional[str]=None, as_json:bool=typer.Option(False, "--json")):
-    "Perplexity of a model on a text split, with the convention (context, stride) reported."
+    "Perplexity of a model on a corpus split or a real text set, with the convention (context, stride, tokens) reported."
+    from workbench.fetch import resolve_model
+    from workbench.models import load, quiet_transformers
+    if text is not None:
+        from workbench.harness import text_perplexity
+        check(corpus is None and split == "heldout", "--corpus and --split choose a corpus, --text a real text set: give one or the other")
+        resolve_model(model)
+        with quiet_transformers(): return emit(text_perplexity(model, text, context, stride, n, batch_size, device, quiet=as_json), as_json)
+    check(n is None and batch_size is None, "--n and --batch-size apply with --text only")
     from workbench.corpus import read_text_split
     from workbench.metrics import perplexity
-    from workbench.models import load
-    text = read_text_split(corpus, split)
-    lm = load(model_dir, device)
-    r = perplexity(lm.model, lm.tokenizer(text, add_special_tokens=False)["input_ids"], context, stride, quiet=as_json)
-    emit({"model": str(model_dir), "split": split, "ppl": r.ppl, "nll": r.nll, "tokens": r.tokens,
+    corpus_text = read_text_split(corpus, split)
+    lm = load(resolve_model(model), device)
+    r = perplexity(lm.model, lm.tokenizer(corpus_text, add_special_tokens=False)["input_ids"], 256 if context is None else context, stride, quiet=as_json)
+    emit({"model": str(Path(model)), "split": split, "ppl": r.ppl, "nll": r.nll, "tokens": r.tokens,
           "windows": r.windows, "context": r.context, "stride": r.stride}, as_json)
 
 # %% ../nbs/90_cli.ipynb #7340831d

@@ -286,10 +286,16 @@ def _apply_chain(v:int, op:str) -> int:
     return v + int(op[1:]) if op[0] == "+" else v - int(op[1:]) if op[0] == "-" else v * int(op[1:])
 
 # %% ../nbs/10_tasks.ipynb #05e1e5bd
-TASKS = {"countdown": Countdown, "chain": ArithmeticChain}
+TASKS = {"countdown": Countdown, "chain": ArithmeticChain,
+         "gsm8k": "workbench.tasks_math:GSM8K", "math500": "workbench.tasks_math:MATH500"}  # imported on first use
 
 def get_task(name:str, # Task name, one of `TASKS`
              **kwargs) -> Task:
-    "Build the task called `name`."
+    "Build the task called `name` (gsm8k, math500: `tokenizer=` formats prompts with its chat template)."
     check(name in TASKS, f"unknown task {name!r}: use one of {', '.join(TASKS)}")
-    return TASKS[name](**kwargs)
+    cls = TASKS[name]
+    if isinstance(cls, str):
+        import importlib
+        mod, attr = cls.split(":")
+        cls = getattr(importlib.import_module(mod), attr)
+    return cls(**kwargs)
