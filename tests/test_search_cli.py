@@ -51,13 +51,13 @@ def test_search_nan_logits(tmp_path):
 
 def test_search_reports_the_counters(tmp_path):
     f = tmp_path / "p.jsonl"; f.write_text('{"numbers": [25, 4, 3, 7], "target": 103}\n{"numbers": [6, 5, 12, 2, 8], "target": 94}\n')
-    rc, out, err = run_cli("search", "rebase", "--task-file", f, "--width", "4", "--prm", "oracle", "--json")
+    rc, out, err = run_cli("search", "rebase", "--task-file", f, "--width", "4", "--prm", "oracle", "--block-size", "1", "--json")
     assert rc == 0, err
     r = json.loads(out)
     for k in ("accuracy", "tokens_generated", "forward_passes", "prm_calls", "kv_tokens_ets_metric", "pool_peak_bytes",
               "naive_peak_bytes", "unique_token_limit_bytes", "wall_s"):
         assert k in r, k
-    assert r["n"] == 2 and r["pool_peak_bytes"] <= r["naive_peak_bytes"]
+    assert r["n"] == 2 and r["pool_peak_bytes"] <= r["naive_peak_bytes"]                 # token-granular blocks
     assert r["knobs"] == {"softmax_temperature": 0.2} and r["config"]["width"] == 4     # every knob in effect, defaults too
 
 
@@ -88,11 +88,11 @@ def test_bench_search_quick_runs_and_kv_ratios_hold():
 
 @pytest.mark.parametrize("algo", ["ets", "mcts", "astar", "particle-filter", "diverse-beam"])
 def test_new_searches_share_the_counters(algo):
-    rc, out, err = run_cli("search", algo, "--n", "2", "--width", "4", "--prm", "noisy", "--json")
+    rc, out, err = run_cli("search", algo, "--n", "2", "--width", "4", "--prm", "noisy", "--block-size", "1", "--json")
     assert rc == 0, err
     r = json.loads(out)
     assert r["algorithm"] == algo and 0 <= r["accuracy"] <= 1 and r["tokens_generated"] > 0
-    assert r["pool_peak_bytes"] <= r["naive_peak_bytes"] and ("prm_calls" in r)
+    assert r["pool_peak_bytes"] <= r["naive_peak_bytes"] and ("prm_calls" in r)     # token-granular blocks
 
 
 @pytest.mark.slow

@@ -207,18 +207,19 @@ def ppl_cmd(model:str=typer.Argument(..., help="Model folder, shipped model or f
 @app.command("search")
 def search_cmd(algo:Optional[str]=typer.Argument(None, help="Search algorithm (see --list)"),
                list_algos:bool=typer.Option(False, "--list", help="List the algorithms, their knobs and whether they read a PRM"),
-               task:str="countdown", split:str="hard",
+               task:str="countdown",
+               split:Optional[str]=typer.Option(None, help="train, validation, test or hard; default: hard where the task generates one, else test"),
                task_file:Optional[Path]=typer.Option(None, help="JSONL problems instead of a split"),
                n:int=typer.Option(100, help="Problems"), width:int=typer.Option(16, help="Width / budget N"),
-               prm:str=typer.Option("oracle", help="oracle, noisy, outcome or learned"),
+               prm:str=typer.Option("oracle", help="oracle, noisy, outcome, learned or self-eval"),
                prm_path:Optional[Path]=typer.Option(None, help="Learned PRM directory; default data/models/countdown-prm"),
                flip:float=typer.Option(0.2, help="Noisy PRM: label flip probability"),
                sigma:float=typer.Option(0.1, help="Noisy PRM: Gaussian noise"),
-               policy:Optional[Path]=typer.Option(None, help="Policy directory; default data/models/countdown-policy"),
+               policy:Optional[Path]=typer.Option(None, help="Policy: a model folder, .gguf file, shipped or fetched name; default countdown-policy"),
                temperature:float=1.0, max_step_tokens:int=24,
                answer:str=typer.Option("weighted", help="best, vote or weighted"),
                capacity_tokens:Optional[int]=typer.Option(None, help="KV pool size in tokens; default: workbench.experiment.pool_tokens"),
-               block_size:int=typer.Option(1, help="KV pool block size in tokens"),
+               block_size:int=typer.Option(16, help="KV pool block size in tokens"),
                kv_bits:Optional[int]=typer.Option(None, help="KV cache storage: 8 or 4 bits (default: the model's dtype)"),
                kv_key_axis:str=typer.Option("token", help="KV quantization of keys: per token, or channel-normalised"),
                chunk:int=typer.Option(25, help="Problems searched at once"),
@@ -233,6 +234,9 @@ def search_cmd(algo:Optional[str]=typer.Argument(None, help="Search algorithm (s
     spec, given = get_search(algo), {k: v for k, v in knobs.items() if v is not None}
     cfg = SearchConfig(width=width, temperature=temperature, max_step_tokens=max_step_tokens, answer=answer, seed=seed)
     spec.knobs_in_effect(cfg, **given)          # a knob it does not take, or a bad combination: refused before loading
+    if split is None:
+        from workbench.tasks import get_task
+        split = "hard" if "hard" in get_task(task).presets else "test"
     t, probs = problems_for(task, split, task_file, n, seed)
     s = search_setup(policy or "countdown-policy", prm, t, probs, width, max_step_tokens, chunk, capacity_tokens, block_size,
                      kv_bits, kv_key_axis, device=device, prm_path=prm_path, flip=flip, sigma=sigma, seed=seed)

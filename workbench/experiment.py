@@ -125,6 +125,7 @@ def search_setup(policy="countdown-policy",  # An `LM`, a model directory or a s
     check(len(probs) >= 1 and probs[0] is not None, "give at least one problem of the task (e.g. task.problems('hard', 4))")
     reward = get_prm(prm, task=t, path=prm_path, flip=flip, sigma=sigma, seed=seed, device=device) if isinstance(prm, str) else prm
     lm = policy if hasattr(policy, "tokenizer") else load(policy, device)
+    if hasattr(t, "use_tokenizer"): t.use_tokenizer(lm.tokenizer)   # instruct models: few-shot turns through the chat template
     if hasattr(reward, "check_tokenizer"): reward.check_tokenizer(lm.tokenizer)
     prompts = [len(lm.tokenizer(t.prompt(p))["input_ids"]) for p in probs]
     steps = max(t.max_steps(p) for p in probs)
