@@ -212,7 +212,7 @@ def search_cmd(algo:Optional[str]=typer.Argument(None, help="Search algorithm (s
                task_file:Optional[Path]=typer.Option(None, help="JSONL problems instead of a split"),
                n:int=typer.Option(100, help="Problems"), width:int=typer.Option(16, help="Width / budget N"),
                prm:str=typer.Option("oracle", help="oracle, noisy, outcome, learned or self-eval"),
-               prm_path:Optional[Path]=typer.Option(None, help="Learned PRM directory; default data/models/countdown-prm"),
+               prm_path:Optional[Path]=typer.Option(None, help="Learned PRM directory (default data/models/countdown-prm); self-eval: a judge model (default the policy)"),
                flip:float=typer.Option(0.2, help="Noisy PRM: label flip probability"),
                sigma:float=typer.Option(0.1, help="Noisy PRM: Gaussian noise"),
                policy:Optional[Path]=typer.Option(None, help="Policy: a model folder, .gguf file, shipped or fetched name; default countdown-policy"),

@@ -98,7 +98,7 @@ class SearchSetup:
 
 # %% ../nbs/18_experiment.ipynb #5e7a0005
 def search_setup(policy="countdown-policy",  # An `LM`, a model directory or a shipped model name
-                 prm="oracle",               # A `PRM`, or oracle, noisy, outcome or learned
+                 prm="oracle",               # A `PRM`, or oracle, noisy, outcome, learned or self-eval (the policy judges its steps)
                  task="countdown",           # A `Task` or a task name
                  problems:list|None=None,    # Problems of the task (one, or a list; a dict is read as a task-file record)
                  width:int=16,               # The widest search width that will run on the engine
@@ -123,8 +123,8 @@ def search_setup(policy="countdown-policy",  # An `LM`, a model directory or a s
     t = get_task(task) if isinstance(task, str) else task
     probs = [t.from_record(p) if isinstance(p, dict) else p for p in (problems if isinstance(problems, (list, tuple)) else [problems])]
     check(len(probs) >= 1 and probs[0] is not None, "give at least one problem of the task (e.g. task.problems('hard', 4))")
-    reward = get_prm(prm, task=t, path=prm_path, flip=flip, sigma=sigma, seed=seed, device=device) if isinstance(prm, str) else prm
     lm = policy if hasattr(policy, "tokenizer") else load(policy, device)
+    reward = get_prm(prm, task=t, path=prm_path, flip=flip, sigma=sigma, seed=seed, device=device, lm=lm) if isinstance(prm, str) else prm
     if hasattr(t, "use_tokenizer"): t.use_tokenizer(lm.tokenizer)   # instruct models: few-shot turns through the chat template
     if hasattr(reward, "check_tokenizer"): reward.check_tokenizer(lm.tokenizer)
     prompts = [len(lm.tokenizer(t.prompt(p))["input_ids"]) for p in probs]
@@ -140,7 +140,7 @@ def search(algo:str,                # A key of `SEARCHES` (see `workbench search
            policy,                  # An `LM`, a model directory or a shipped model name
            task,                    # A `Task` or a task name, e.g. "countdown"
            problems,                # One problem of the task, or a list (a dict is a task-file record: {"numbers": [...], "target": 24})
-           prm="oracle",            # A `PRM`, or oracle, noisy, outcome or learned
+           prm="oracle",            # A `PRM`, or oracle, noisy, outcome, learned or self-eval
            width:int=16,            # Search width N
            device:str|None=None,    # None = CUDA when present
            on_event=None,           # Receives every search event (TreeExplorer, KVCacheMonitor, …)

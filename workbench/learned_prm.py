@@ -262,21 +262,27 @@ def train_prm(policy_dir:str|Path,     # Policy whose samples are labelled and w
 
 # %% ../nbs/22_learned_prm.ipynb #776aca19
 PRMS = {"oracle": "exact solvability of every prefix", "noisy": "the oracle with flips and Gaussian noise",
-        "outcome": "final-answer check only", "learned": "token-classification PRM trained on MC labels (train_prm)"}
+        "outcome": "final-answer check only", "learned": "token-classification PRM trained on MC labels (train_prm)",
+        "self-eval": "the model judges each step: P(yes) to 'Is the above step correct?' (SelfEvalPRM)"}
 
-def get_prm(name:str,                # oracle, noisy, outcome or learned
+def get_prm(name:str,                # oracle, noisy, outcome, learned or self-eval
             task:Task|None=None,      # The task searched; the shipped learned PRM is for countdown only
-            path:str|Path|None=None,  # Learned PRM directory; None = data/models/countdown-prm
+            path:str|Path|None=None,  # Learned PRM directory; self-eval: a judge model (name or folder) other than `lm`
             flip:float=0.2,           # Noisy: label flip probability
             sigma:float=0.1,          # Noisy: Gaussian noise
             seed:int=0,               # Noisy: seed of the noise
-            device:str|None=None,     # Learned: None = CUDA when present
+            device:str|None=None,     # Learned, or self-eval judge loaded from `path`: None = CUDA when present
+            lm:LM|None=None,          # Self-eval: the loaded model that judges (the policy itself: nothing is loaded twice)
            ) -> PRM:
     "Build the PRM called `name`."
     check(name in PRMS, f"unknown PRM {name!r}: use one of {', '.join(PRMS)}")
     if name == "oracle": return OraclePRM()
     if name == "noisy": return NoisyPRM(flip=flip, sigma=sigma, seed=seed)
     if name == "outcome": return OutcomePRM()
+    if name == "self-eval":
+        from workbench.self_eval_prm import SelfEvalPRM   # it imports nothing from here; loaded only when asked for
+        check(lm is not None or path is not None, "the self-eval PRM needs a model to judge with: pass lm= (the policy) or path= (a model name or folder)")
+        return SelfEvalPRM(path, device) if path is not None else SelfEvalPRM(lm)
     if path is None:
         name = getattr(task, "name", "countdown")
         check(name == "countdown", f"the shipped learned PRM is for countdown, not {name}: pass path= a PRM trained with train_prm(task={name!r})")

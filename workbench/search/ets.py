@@ -57,6 +57,8 @@ def semantic_clusters(texts:list[str],   # Last step of each candidate
     "Cluster labels (0..K-1) by average-linkage clustering of step embeddings; None when there is nothing to cluster."
     if len(texts) < 2 or len(set(texts)) < 2: return None
     E = embed(texts)
+    empty = ~E.any(1)                      # an empty step embeds to zeros, which have no cosine: give them their own axis
+    if empty.any(): E = np.hstack([E, empty[:, None].astype(E.dtype)])
     labels = fcluster(linkage(E, method="average", metric="cosine"), threshold, criterion="distance")
     return [int(k) for k in np.unique(labels, return_inverse=True)[1]]
 
