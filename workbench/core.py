@@ -12,7 +12,7 @@ import numpy as np, torch
 # %% auto #0
 __all__ = ['WorkbenchError', 'check', 'brief', 'read_text', 'check_positions', 'check_writable', 'atomic_dir', 'pick_device',
            'available_memory', 'check_fits', 'measured_peak', 'data_dir', 'import_modules', 'workbench_home',
-           'model_dir', 'derive_seed', 'seed_everything']
+           'model_dir', 'n_params', 'quiet_transformers', 'derive_seed', 'seed_everything']
 
 # %% ../nbs/01_core.ipynb #09e2ff98
 class WorkbenchError(ValueError):
@@ -158,9 +158,6 @@ def model_dir(model:str|Path # A model directory, a shipped model's name (data/m
     "The directory of `model`: the path itself, else the shipped model of that name, else the fetched one."
     p = Path(model)
     if p.is_dir(): return p
-    if p.suffix == ".gguf" and p.is_file():                      # converted once into the cache
-        from workbench.fetch import import_gguf
-        return Path(import_gguf(p)["path"])
     shipped, fetched = data_dir() / "models" / str(model), workbench_home() / "models" / str(model)
     if shipped.is_dir(): return shipped
     if (fetched / "fetch.json").is_file(): return fetched        # written last: the fetch finished
@@ -168,6 +165,22 @@ def model_dir(model:str|Path # A model directory, a shipped model's name (data/m
     check(len(p.parts) > 1, f"unknown model {str(model)!r}: give a model directory, a shipped model ({', '.join(names(data_dir() / 'models'))}) "
           f"or a fetched one ({', '.join(names(workbench_home() / 'models')) or 'none yet'}; `workbench models list` shows what can be fetched)")
     return p
+
+# %% ../nbs/01_core.ipynb #be32ab44
+def n_params(model:torch.nn.Module) -> int:
+    "Number of distinct parameters (tied weights counted once)."
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+@contextlib.contextmanager
+def quiet_transformers():
+    "Silence transformers' progress bars and info logs (a CLI prints one JSON object or one error line)."
+    from transformers.utils import logging as hf_logging
+    was, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error()
+    try: yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if was: hf_logging.enable_progress_bar()
 
 # %% ../nbs/01_core.ipynb #610bb36e
 def derive_seed(*parts) -> int:

