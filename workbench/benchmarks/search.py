@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools, math, sys
 import torch
 from ..core import check, pick_device
-from ..engine import Node, Stats
+from ..engine import Engine, Node, Stats
 from ..experiment import search_setup
 from ..models import LM
 from ..rewards import NoisyPRM
@@ -110,7 +110,6 @@ def bench_search(quick:bool=False,     # Small settings: < 2 minutes on 2 CPU co
     at = lambda name, w, rs=rows: next(r for r in rs if r["algorithm"] == name and r["width"] == w)
     beam16, rebase16, vote16 = at("beam", 16), at("rebase", 16), at("majority", 16)
     # the same beam search with 16-token blocks (the engine's default): what partial blocks cost on short paths
-    from workbench.engine import Engine
     e16 = Engine(lm, capacity_tokens=engine.pool.capacity_tokens + 32 * len(problems) * 16 * 5, block_size=16)
     b16 = search_many("beam", e16, prm, task, problems, SearchConfig(width=16, seed=seed))
     res = {"device": str(dev), "quick": quick, "task": "countdown", "split": "hard", "n": n, "budgets": list(budgets),
