@@ -13,8 +13,8 @@ from .core import WorkbenchError, check, data_dir, import_modules, model_dir
 # %% auto #0
 __all__ = ['app', 'train_app', 'bench_app', 'bench_search_cmd', 'bench_ets_cmd', 'emit', 'load_command_modules', 'refuse', 'main',
            'lab', 'train_policy_cmd', 'train_text_cmd', 'train_prm_cmd', 'problems_for', 'eval_cmd', 'ppl_cmd',
-           'search_cmd', 'knob_options', 'add_knob_options', 'list_searches', 'emit_bench', 'bench_command',
-           'bench_widgets_cmd']
+           'search_cmd', 'parse_seeds', 'knob_options', 'add_knob_options', 'list_searches', 'emit_bench',
+           'bench_command', 'bench_widgets_cmd']
 
 # %% ../nbs/90_cli.ipynb #061600dd
 app = typer.Typer(help="The search · prune · quantize workbench.", no_args_is_help=True,
@@ -211,21 +211,24 @@ def search_cmd(algo:Optional[str]=typer.Argument(None, help="Search algorithm (s
                split:Optional[str]=typer.Option(None, help="train, validation, test or hard; default: hard where the task generates one, else test"),
                task_file:Optional[Path]=typer.Option(None, help="JSONL problems instead of a split"),
                n:int=typer.Option(100, help="Problems"), width:int=typer.Option(16, help="Width / budget N"),
-               prm:str=typer.Option("oracle", help="oracle, noisy, outcome, learned or self-eval"),
+               prm:str=typer.Option("oracle", help="oracle, noisy, calibrated, outcome, learned or self-eval"),
                prm_path:Optional[Path]=typer.Option(None, help="Learned PRM directory (default data/models/countdown-prm); self-eval: a judge model (default the policy)"),
                flip:float=typer.Option(0.2, help="Noisy PRM: label flip probability"),
                sigma:float=typer.Option(0.1, help="Noisy PRM: Gaussian noise"),
+               auroc:float=typer.Option(0.8, help="Calibrated PRM: its step-level AUROC against the oracle (0.5 < auroc < 1)"),
                policy:Optional[Path]=typer.Option(None, help="Policy: a model folder, .gguf file, shipped or fetched name; default countdown-policy"),
                temperature:float=1.0, max_step_tokens:int=24,
-               answer:str=typer.Option("weighted", help="best, vote or weighted"),
+               answer:Optional[str]=typer.Option(None, help="best, vote or weighted; default weighted where the answer is hidden, best where the prompt states it"),
                capacity_tokens:Optional[int]=typer.Option(None, help="KV pool size in tokens; default: workbench.experiment.pool_tokens"),
                block_size:int=typer.Option(16, help="KV pool block size in tokens"),
                kv_bits:Optional[int]=typer.Option(None, help="KV cache storage: 8 or 4 bits (default: the model's dtype)"),
                kv_key_axis:str=typer.Option("token", help="KV quantization of keys: per token, or channel-normalised"),
                chunk:int=typer.Option(25, help="Problems searched at once"),
-               seed:int=0, device:Optional[str]=None, as_json:bool=typer.Option(False, "--json"),
+               seed:int=typer.Option(0, help="Seed of the problems (and of the search when --seeds is not given)"),
+               seeds:Optional[str]=typer.Option(None, help="Search seeds, comma-separated (e.g. 0,1,2): paired samples, one interval over problems × seeds"),
+               device:Optional[str]=None, as_json:bool=typer.Option(False, "--json"),
                **knobs):
-    "Run a search algorithm on a task split; print accuracy, the config and knobs in effect, and the budget counters."
+    "Run a search algorithm on a task split; print accuracy with its 95 % interval, the config and knobs, the ledger and counters."
     from workbench.search.registry import SEARCHES, get_search
     if list_algos: return list_searches(SEARCHES, as_json)
     check(algo is not None, f"name a search algorithm: one of {', '.join(SEARCHES)} (or --list)")
@@ -234,13 +237,23 @@ def search_cmd(algo:Optional[str]=typer.Argument(None, help="Search algorithm (s
     spec, given = get_search(algo), {k: v for k, v in knobs.items() if v is not None}
     cfg = SearchConfig(width=width, temperature=temperature, max_step_tokens=max_step_tokens, answer=answer, seed=seed)
     spec.knobs_in_effect(cfg, **given)          # a knob it does not take, or a bad combination: refused before loading
-    if split is None:
-        from workbench.tasks import get_task
-        split = "hard" if "hard" in get_task(task).presets else "test"
+    seed_list = parse_seeds(seeds) if seeds is not None else [seed]
+    from workbench.tasks import get_task
+    spec.refuse_vote(cfg, get_task(task))       # a vote where the prompt states the answer: refused before loading
+    if split is None: split = "hard" if "hard" in get_task(task).presets else "test"
     t, probs = problems_for(task, split, task_file, n, seed)
     s = search_setup(policy or "countdown-policy", prm, t, probs, width, max_step_tokens, chunk, capacity_tokens, block_size,
-                     kv_bits, kv_key_axis, device=device, prm_path=prm_path, flip=flip, sigma=sigma, seed=seed)
-    emit({"task": task, "split": "file" if task_file else split, "prm": prm, **s.many(algo, cfg, quiet=as_json, **given)}, as_json)
+                     kv_bits, kv_key_axis, device=device, prm_path=prm_path, flip=flip, sigma=sigma, seed=seed, auroc=auroc)
+    res = {"task": task, "split": "file" if task_file else split, "prm": prm, **s.many(algo, cfg, quiet=as_json, seeds=seed_list, **given)}
+    if not as_json: res.pop("correct")          # the per-(problem, seed) matrix is for programs
+    emit(res, as_json)
+
+def parse_seeds(text:str) -> list[int]:
+    "`0,1,2` → [0, 1, 2]; anything else is refused with the form that works."
+    try: out = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError: out = []
+    check(len(out) >= 1 and len(set(out)) == len(out), f"--seeds must be distinct integers separated by commas (e.g. 0,1,2), got {text!r}")
+    return out
 
 # typer reads the signature: without the registry's knobs until `add_knob_options` adds them
 search_cmd.__signature__ = inspect.signature(search_cmd).replace(
@@ -289,10 +302,12 @@ def emit_bench(res:dict, as_json:bool):
     out = []
     for k, v in res.items():
         if k.endswith("rows") and v and "algorithm" in v[0]:
-            extra = tuple(c for c in ("prm", "lambda_c", "lambda_s") if c in v[0])   # the columns that tell rows apart
-            out += [f"{k}:", format_table(v, cols=("algorithm",) + extra + ("width", "accuracy", "tokens_generated", "forward_passes",
-                    "prm_calls", "kv_tokens_ets_metric", "pool_peak_bytes", "naive_peak_bytes", "wall_s"))]
-            if len({r["width"] for r in v}) > 1 and len({r.get("prm") for r in v}) == 1:
+            extra = tuple(c for c in ("prm", "auroc", "reference_width", "lambda_c", "lambda_s") if c in v[0])   # the columns that tell rows apart
+            cols = ("accuracy", "accuracy_ci", "minus_reference", "minus_reference_ci", "flops") if "minus_reference" in v[0] else \
+                   ("width", "accuracy", "accuracy_ci", "ledger.flops", "tokens_generated", "prm_calls", "kv_tokens_ets_metric",
+                    "pool_peak_bytes", "naive_peak_bytes", "wall_s")
+            out += [f"{k}:", format_table(v, cols=("algorithm",) + extra + cols)]
+            if "width" in v[0] and len({r["width"] for r in v}) > 1 and len({r.get("prm") for r in v}) == 1:
                 out += [f"{k} (accuracy (tokens) by budget):", scaling_table(v)]
         elif k.endswith("rows"): out += [f"{k}:", format_table(v, cols=tuple(v[0]))] if v else []
         elif isinstance(v, dict): out += [f"{k}:"] + [f"  {a}: {b:.3f}" if isinstance(b, float) else f"  {a}: {b}" for a, b in v.items()]
@@ -315,7 +330,8 @@ def bench_command(name:str,      # `workbench bench NAME`
     return bench_app.command(name)(cmd)
 
 bench_search_cmd = bench_command("search", "workbench.benchmarks.search:bench_search",
-    "Engine vs per-path generate, KV bytes vs limits, every search at budgets 4…64 (the scaling table), the claims.")
+    "Every search on chains and Countdown: 3 paired seeds, intervals, matched compute, accuracy vs PRM AUROC, the claims, engine speed.",
+    n_help="Problems per task (default 8 with --quick, else 50)")
 bench_ets_cmd = bench_command("ets", "workbench.benchmarks.ets:bench_ets",
     "ETS vs REBASE at width 16 (learned and oracle PRM): KV reduction, accuracy drop, pool peaks, solver time, λ sweep.")
 

@@ -193,6 +193,9 @@ class Node:
     cluster: int|None = None                 # ETS: semantic cluster of this step
     visits: int = 0                          # MCTS: rollouts through this node
     value_sum: float = 0.0                   # MCTS: sum of their returns
+    fed: int = 0                             # Tokens of this node the model has read (its share of prefill + decode)
+    prm_tokens: int = 0                      # Tokens the PRM read to score this node's path
+    logprobs: list[float] = field(default_factory=list, repr=False)  # Policy log-probability (T = 1) of each token of the step
 
     def path(self) -> list[Node]:
         "Nodes root → self."
@@ -215,6 +218,7 @@ def sample_tokens(logits:torch.Tensor,    # (rows, vocab)
                   temperature:float=1.0,  # 0 = greedy
                   top_p:float=1.0,        # Keep the smallest set of tokens whose probability reaches top_p
                   generator:torch.Generator|None=None,
+                  uniforms:torch.Tensor|None=None, # (rows,) one uniform draw per row: inverse-CDF sampling (no generator)
                  ) -> torch.Tensor:
     "One token id per row of `logits`, shape (rows,)."
     if temperature == 0: return logits.argmax(-1)
@@ -223,6 +227,10 @@ def sample_tokens(logits:torch.Tensor,    # (rows, vocab)
         p, idx = probs.sort(-1, descending=True)
         p[p.cumsum(-1) - p >= top_p] = 0      # mass before a token already reaches top_p: drop it (the top token stays)
         probs = torch.zeros_like(probs).scatter_(-1, idx, p)
+    if uniforms is not None:   # a row's draw depends on its own uniform only, not on which rows share the batch
+        cdf = probs.cumsum(-1)
+        u = uniforms.to(cdf.device, cdf.dtype)[:, None] * cdf[:, -1:]
+        return torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1)[:, 0]
     dev = probs.device if generator is None else generator.device
     return torch.multinomial(probs.to(dev), 1, generator=generator).squeeze(-1).to(logits.device)
 
@@ -238,6 +246,9 @@ class Stats:
     unique_token_peak_bytes: int = 0 # Most bytes of distinct live tokens
     transient_peak_bytes: int = 0    # Most bytes one forward and the sampling held beside the pool (ledger; CUDA: measured)
     held_peak_bytes: int = 0         # Most bytes held at once: pool blocks in use + that forward's transients
+    prefill_tokens: int = 0          # Prompt tokens fed through the model (each root's prefill)
+    decode_tokens: int = 0           # Every other token fed through the model, one row each (only live rows are fed)
+    flops: int = 0                   # Forward FLOPs estimate from the config: 2·(layer params)·tokens + attention + LM head
 
     def reset(self):
         "Zero every counter."
@@ -268,6 +279,9 @@ class Engine:
         self.live, self.roots, self.stats, self._ids = {}, [], Stats(), itertools.count()
         self.share_prefix = True    # False: every row reads its whole path alone (for ablations; same results)
         self._buffer_bytes, self._transient_now, self._cuda_base = 0, 0, 0
+        embed = self.model.get_input_embeddings().weight.numel()
+        self._layer_params = sum(p.numel() for p in self.model.parameters()) - embed  # matmul weights a token passes (+ norms)
+        if not getattr(cfg, "tie_word_embeddings", False): self._layer_params -= self.model.get_output_embeddings().weight.numel()
 
     def __repr__(self): return f"Engine({self.lm!r}, {self.pool!r}, {len(self.live)} live nodes)"
 
@@ -357,11 +371,22 @@ def _forward(self:Engine, ids:torch.Tensor, pos:torch.Tensor, # (rows, q) token 
     "Next-token logits (rows, vocab) after each row's last token, from one forward that reads and writes the pool."
     with torch.no_grad(), _attention(self.model, "workbench_paged"):
         out = self.model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1, paged=paged)
-    self.stats.forward_passes += 1
+    self._count(ids, pos, paged.prefill)
     self._note_transient(self._ledger(ids.shape[0], ids.shape[1], paged))
     logits = out.logits[:, -1].float()
     check(bool(torch.isfinite(logits).all()), "the model produced NaN or infinite logits; check its weights and dtype")
     return logits
+
+@patch
+def _count(self:Engine, ids:torch.Tensor, pos:torch.Tensor, prefill:bool):
+    "Add one forward to the compute ledger: tokens read and the FLOPs estimate (Kaplan et al.'s 2N per token + attention)."
+    s, cfg, n = self.stats, self.model.config, ids.numel()
+    s.forward_passes += 1
+    if prefill: s.prefill_tokens += n
+    else: s.decode_tokens += n
+    d_attn = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    attended = int((pos + 1).sum())          # each token attends to its position + 1 keys (windows ignored: an upper bound)
+    s.flops += 2 * self._layer_params * n + 4 * cfg.num_hidden_layers * d_attn * attended + 2 * ids.shape[0] * cfg.vocab_size * cfg.hidden_size
 
 @patch
 def _ledger(self:Engine, rows:int, q_len:int, paged:PagedBatch) -> int:
@@ -500,6 +525,7 @@ def add_root(self:Engine, prompt:str, # Prompt text; the tokenizer adds <bos>
         self._forward(torch.tensor([ids[:-1]], device=self.device), torch.arange(len(ids) - 1, device=self.device)[None],
                       PagedBatch(self.pool, slots, None, None, None, prefill=True))
     node = self._add(None, ids, blocks, problem)
+    node.fed = len(ids) - 1
     self._update_peaks()
     return node
 
@@ -514,6 +540,7 @@ def _feed_parents(self:Engine, parents:list[Node]) -> torch.Tensor:
         if n.stored % bs == 0: n.blocks = n.blocks + self.pool.alloc(1)   # a fresh block of its own
         write.append(n.blocks[n.stored // bs] * bs + n.stored % bs)
         n.stored += 1
+    for n in parents: n.fed += 1            # its last token is read again (once stored, only its logits are recomputed)
     ids = torch.tensor([[n.tokens[-1]] for n in parents], device=self.device)
     pos = [n.n_path - 1 for n in parents]
     return self._forward(ids, torch.tensor(pos, device=self.device)[:, None],
@@ -545,8 +572,9 @@ def _children_tables(self:Engine, rows:list[Node]) -> list[list[int]]:
 # %% ../nbs/20_engine.ipynb #7f296778
 @patch
 def _decode(self:Engine, rows:list[Node], temperature:float, top_p:float, max_step_tokens:int,
-            stop:torch.Tensor, generator:torch.Generator|None) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
-    "Sample one step per row straight into the pool: tokens (rows, T), new-token counts (rows,), each child's block table."
+            stop:torch.Tensor, generator:torch.Generator|None, row_seeds:list[int]|None=None
+           ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]], torch.Tensor]:
+    "Sample one step per row straight into the pool: tokens (rows, T), new-token counts (rows,), block tables, token log-probs (rows, T)."
     vocab_bytes = len(rows) * self.model.config.vocab_size * 4                  # one float32 row of logits per child
     self._start_transients(vocab_bytes)                                        # the logits buffer, held while decoding
     parents = list({id(n): n for n in rows}.values())
@@ -554,10 +582,16 @@ def _decode(self:Engine, rows:list[Node], temperature:float, top_p:float, max_st
     logits = self._feed_parents(parents)[torch.tensor([at[id(n)] for n in rows], device=self.device)]  # (rows, vocab)
     tables, bs, B = self._children_tables(rows), self.pool.block_size, len(rows)
     toks = torch.zeros(B, max_step_tokens, dtype=torch.long, device=self.device)
+    logp = torch.zeros(B, max_step_tokens, device=self.device)   # under the policy itself (T = 1): priors and likelihoods read it
     done = torch.zeros(B, dtype=torch.bool, device=self.device)
     n_new, pad = torch.zeros(B, dtype=torch.long, device=self.device), self.tok.pad_token_id or 0
+    # row seeds: each child's draws come from its own stream (common random numbers across searches and batchings)
+    u = None if row_seeds is None else torch.stack([torch.rand(max_step_tokens, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                                                    for s in row_seeds])
     for t in range(max_step_tokens):
-        x = torch.where(done, pad, sample_tokens(logits, temperature, top_p, generator))  # every row: one seeded stream
+        draw = sample_tokens(logits, temperature, top_p, generator, None if u is None else u[:, t])
+        x = torch.where(done, pad, draw)
+        logp[:, t] = torch.log_softmax(logits, -1).gather(-1, x[:, None])[:, 0]
         self._note_transient(vocab_bytes * (2 if top_p == 1 else 4))          # probabilities and draws (+ the top-p sort)
         toks[:, t] = x
         n_new += (~done).long()
@@ -572,7 +606,7 @@ def _decode(self:Engine, rows:list[Node], temperature:float, top_p:float, max_st
         logits[idx] = self._forward(x[idx, None], torch.tensor(pos, device=self.device)[:, None],
                                     self._batch([tables[i] for i in live], pos, write, [rows[i].problem for i in live]))
     self._buffer_bytes = 0
-    return toks, n_new, tables
+    return toks, n_new, tables, logp
 
 
 # %% ../nbs/20_engine.ipynb #f48434ea
@@ -582,7 +616,8 @@ def expand(self:Engine, requests:list[tuple[Node, int]], # (node, k): sample k c
            top_p:float=1.0,             # Nucleus sampling mass
            max_step_tokens:int=24,      # A step stops here if no stop token came
            stop_ids:set[int]|None=None, # Tokens that end a step (kept in the step); None = "\n" and eos
-           generator:torch.Generator|None=None, # Seeds the sampling
+           generator:torch.Generator|None=None, # Seeds the sampling (one stream for the whole batch)
+           seeds:list[list[int]]|None=None, # Or: one seed per child of each request (its draws then depend on it alone)
           ) -> list[list[Node]]:
     "Sample child steps of several nodes in one batch; returns the new children of each request."
     check(temperature >= 0 and 0 < top_p <= 1, f"need temperature ≥ 0 and 0 < top_p ≤ 1, got {temperature}, {top_p}")
@@ -592,13 +627,16 @@ def expand(self:Engine, requests:list[tuple[Node, int]], # (node, k): sample k c
         check(k >= 0, f"k must be ≥ 0, got {k} for node {n.id}")
     rows = [n for n, k in requests for _ in range(k)]  # one decode row per child
     if not rows: return [[] for _ in requests]
+    check(seeds is None or [len(s) for s in seeds] == [k for _, k in requests], "seeds must give one seed per child of each request")
     self._check_positions(max(n.n_path for n in rows) + max_step_tokens)
     need = self._blocks_needed(rows, max_step_tokens)   # reserved up front: a full pool changes nothing
     if need > len(self.pool.free): raise WorkbenchError(_blocks_needed_msg(self.pool, need))
     stop = torch.tensor(sorted(self.stop_ids if stop_ids is None else stop_ids), device=self.device)
-    toks, n_new, tables = self._decode(rows, temperature, top_p, max_step_tokens, stop, generator)
+    row_seeds = None if seeds is None else [s % 2**63 for ss in seeds for s in ss]
+    toks, n_new, tables, logp = self._decode(rows, temperature, top_p, max_step_tokens, stop, generator, row_seeds)
     kids = [self._add(n, tk[:m], table, n.problem) for n, tk, m, table in zip(rows, toks.tolist(), n_new.tolist(), tables)]
-    for c in kids: c.eos = c.tokens[-1] == self.tok.eos_token_id
+    for c, lp in zip(kids, logp.tolist()): c.logprobs = lp[:len(c.tokens)]
+    for c in kids: c.eos, c.fed = c.tokens[-1] == self.tok.eos_token_id, len(c.tokens) - 1  # all but its last token were fed
     self.stats.tokens_generated += sum(len(c.tokens) for c in kids); self.stats.model_calls += len(kids)
     self._update_peaks()
     it = iter(kids)

@@ -91,10 +91,10 @@ class SearchSetup:
         from workbench.search.registry import run_search
         return run_search(algo, self.engine, self.prm, self.task, self.problems, cfg or SearchConfig(), on_event, **knobs)
 
-    def many(self, algo:str, cfg, quiet:bool=True, on_event=None, **knobs) -> dict:
-        "The problems chunk by chunk (`search_many`): accuracy, config, knobs and merged counters."
+    def many(self, algo:str, cfg, quiet:bool=True, on_event=None, seeds:list[int]|None=None, **knobs) -> dict:
+        "The problems chunk by chunk for every seed (`search_many`): accuracy with its interval, config, knobs and counters."
         from workbench.search.registry import search_many
-        return search_many(algo, self.engine, self.prm, self.task, self.problems, cfg, self.chunk, quiet, on_event, **knobs)
+        return search_many(algo, self.engine, self.prm, self.task, self.problems, cfg, self.chunk, quiet, on_event, seeds, **knobs)
 
 # %% ../nbs/18_experiment.ipynb #5e7a0005
 def search_setup(policy="countdown-policy",  # An `LM`, a model directory or a shipped model name
@@ -112,6 +112,7 @@ def search_setup(policy="countdown-policy",  # An `LM`, a model directory or a s
                  device:str|None=None,       # None = CUDA when present
                  prm_path:str|Path|None=None, # Learned PRM directory; None = the shipped one
                  flip:float=0.2, sigma:float=0.1, seed:int=0, # Noisy PRM: flip probability, noise, seed
+                 auroc:float=0.8,            # Calibrated PRM: its step-level AUROC against the oracle's label
                  on_event=None,              # The engine's event listener (add, free)
                 ) -> SearchSetup:
     "Load or take the policy, PRM and task, and build the engine with a pool sized by `pool_tokens`."
@@ -124,7 +125,7 @@ def search_setup(policy="countdown-policy",  # An `LM`, a model directory or a s
     probs = [t.from_record(p) if isinstance(p, dict) else p for p in (problems if isinstance(problems, (list, tuple)) else [problems])]
     check(len(probs) >= 1 and probs[0] is not None, "give at least one problem of the task (e.g. task.problems('hard', 4))")
     lm = policy if hasattr(policy, "tokenizer") else load(policy, device)
-    reward = get_prm(prm, task=t, path=prm_path, flip=flip, sigma=sigma, seed=seed, device=device, lm=lm) if isinstance(prm, str) else prm
+    reward = get_prm(prm, task=t, path=prm_path, flip=flip, sigma=sigma, seed=seed, device=device, lm=lm, auroc=auroc) if isinstance(prm, str) else prm
     if hasattr(t, "use_tokenizer"): t.use_tokenizer(lm.tokenizer)   # instruct models: few-shot turns through the chat template
     if hasattr(reward, "check_tokenizer"): reward.check_tokenizer(lm.tokenizer)
     prompts = [len(lm.tokenizer(t.prompt(p))["input_ids"]) for p in probs]

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from .core import check, check_positions
 
 # %% auto #0
-__all__ = ['pass_at_k', 'Perplexity', 'perplexity']
+__all__ = ['pass_at_k', 'problem_seed_ci', 'Perplexity', 'perplexity']
 
 # %% ../nbs/15_metrics.ipynb #56fac4af
 def pass_at_k(n:int, # Samples drawn
@@ -22,6 +22,23 @@ def pass_at_k(n:int, # Samples drawn
     check(0 <= c <= n and 1 <= k <= n, f"need 0 ≤ c ≤ n and 1 ≤ k ≤ n, got n={n}, c={c}, k={k}")
     if n - c < k: return 1.0
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+# %% ../nbs/15_metrics.ipynb #f6460a01
+def problem_seed_ci(values,                # (problems,) or (problems, seeds) scores, e.g. 0/1 correct
+                 seed:int=0,            # Seed of the resampling
+                 n_boot:int=2000,       # Bootstrap replicates
+                 level:float=0.95,
+                ) -> list[float]:
+    "Percentile bootstrap interval of the mean, resampling problems and (when given) seeds."
+    v = np.asarray(values, float)
+    v = v[:, None] if v.ndim == 1 else v
+    check(v.ndim == 2 and v.size > 0, f"values must be a non-empty (problems,) or (problems, seeds) array, got shape {v.shape}")
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, v.shape[0], (n_boot, v.shape[0]))
+    cols = rng.integers(0, v.shape[1], (n_boot, v.shape[1]))
+    means = np.array([v[r][:, c].mean() for r, c in zip(rows, cols)])
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
 
 # %% ../nbs/15_metrics.ipynb #66b2bcc6
 @dataclass

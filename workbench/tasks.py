@@ -32,6 +32,7 @@ class Task:
     "Base class of tasks with exact verifiers; subclasses fill in the problem-specific methods."
     name = "task"
     presets: dict = {}  # split -> generation settings used for that split
+    answer_in_prompt = False  # True: the prompt states the answer (a vote over answers is then meaningless)
 
     def sample(self, rng:random.Random, split:str="train"): raise NotImplementedError  # -> (problem, reference solution)
     def prompt(self, problem) -> str: raise NotImplementedError
@@ -127,6 +128,7 @@ def parse_step(step:str) -> tuple[int, str, int, int]|None:
 class Countdown(Task):
     "Countdown: reach the target from the numbers with + − × ÷, one step per line."
     name = "countdown"
+    answer_in_prompt = True   # the target is in the prompt: the steps, not the answer, carry the information
     presets = {"train": (3, 6), "validation": (4, 4), "test": (4, 4), "hard": (5, 6)}  # count of numbers per split
 
     def __init__(self, n_numbers:tuple[int,int]|None=None, # (min, max) count of numbers; None: the split's preset
@@ -268,6 +270,11 @@ class ArithmeticChain(Task):
         return len(steps)
 
     def max_steps(self, p): return len(p.ops)
+    def state(self, p, steps:list[str]) -> tuple[int, int]|None:
+        "(operations done, the value the last step claims): two paths in the same state have the same future; None if unreadable."
+        if not steps: return (0, p.start)
+        m = re.fullmatch(r"\d+[+\-*]\d+=(\d+)", steps[-1].replace(" ", ""))
+        return None if m is None else (len(steps), int(m[1]))
     def is_terminal(self, p, steps):
         "A chain ends after one step per operation, or at a step that is not of the form `a op b = c`."
         return bool(steps) and (len(steps) >= len(p.ops) or re.fullmatch(r"\d+[+\-*]\d+=\d+", steps[-1].replace(" ", "")) is None)

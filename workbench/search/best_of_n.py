@@ -15,18 +15,20 @@ def best_of_n_select(cands, remaining, depth, state):
     "Root: all N samples; afterwards each path continues alone."
     return [remaining] if depth == 0 else [1] * len(cands)
 
-def best_of_n(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(answer="best"), on_event=None) -> SearchResult:
+def best_of_n(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(answer="best"), on_event=None,
+              name:str="best-of-n", # The name the result carries (the registry's name of the rule)
+             ) -> SearchResult:
     "Best-of-N: N independent solutions, scored once finished; the answer rule of `cfg` picks one."
-    return step_search(engine, prm, task, problems, best_of_n_select, cfg, f"best_of_n[{cfg.answer}]", on_event,
+    return step_search(engine, prm, task, problems, best_of_n_select, cfg, name, on_event,
                        score_partial=False, score_finished=cfg.answer != "vote")  # a plain vote needs no PRM
 
 def majority_vote(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), on_event=None) -> SearchResult:
     "Self-consistency: N independent solutions, the most frequent answer wins."
-    return best_of_n(engine, prm, task, problems, replace(cfg, answer="vote"), on_event)
+    return best_of_n(engine, prm, task, problems, replace(cfg, answer="vote"), on_event, "majority")
 
 def weighted_vote(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), on_event=None) -> SearchResult:
     "PRM-weighted majority vote over N independent solutions."
-    return best_of_n(engine, prm, task, problems, replace(cfg, answer="weighted"), on_event)
+    return best_of_n(engine, prm, task, problems, replace(cfg, answer="weighted"), on_event, "weighted-majority")
 
 # %% ../../nbs/24_search_best_of_n.ipynb #b0e1a001
 def greedy(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), on_event=None) -> SearchResult:
@@ -36,10 +38,10 @@ def greedy(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), on_even
 
 def best_of_n_best(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(), on_event=None) -> SearchResult:
     "Best-of-N with the naive rule: the single highest-scored solution."
-    return best_of_n(engine, prm, task, problems, replace(cfg, answer="best"), on_event)
+    return best_of_n(engine, prm, task, problems, replace(cfg, answer="best"), on_event, "best-of-n")
 
-register_search(SearchSpec("greedy", greedy, "greedy decoding, one path (baseline)", reads_prm=False))
+register_search(SearchSpec("greedy", greedy, "greedy decoding, one path (baseline)", reads_prm=False, answer_rule=False))
 register_search(SearchSpec("best-of-n", best_of_n_best, "N independent samples, highest aggregated PRM score"))
 register_search(SearchSpec("majority", majority_vote, "N independent samples, most frequent answer (self-consistency)",
-                           reads_prm=False))
-register_search(SearchSpec("weighted-majority", weighted_vote, "N independent samples, PRM-weighted majority vote"))
+                           reads_prm=False, votes=True))
+register_search(SearchSpec("weighted-majority", weighted_vote, "N independent samples, PRM-weighted majority vote", votes=True))

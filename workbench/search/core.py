@@ -6,6 +6,7 @@
 from __future__ import annotations
 import time
 from collections import defaultdict
+import numpy as np
 from dataclasses import dataclass, field, asdict
 from typing import Callable
 import torch
@@ -15,8 +16,8 @@ from ..rewards import PRM, aggregate
 from ..tasks import Task
 
 # %% auto #0
-__all__ = ['Select', 'SEARCHES', 'SearchConfig', 'choose_answer', 'SearchResult', 'Recorder', 'step_search', 'Knob', 'SearchSpec',
-           'register_search']
+__all__ = ['LEDGER', 'Select', 'SEARCHES', 'SearchConfig', 'choose_answer', 'SearchResult', 'answer_rule', 'Recorder',
+           'step_search', 'Knob', 'SearchSpec', 'register_search']
 
 # %% ../../nbs/23_search.ipynb #7aeb08b5
 @dataclass(frozen=True)
@@ -28,14 +29,15 @@ class SearchConfig:
     max_step_tokens: int = 24    # A step is cut here if no newline came
     max_depth: int = 25          # Depth cap, as in the ETS code
     agg: str = "last"            # Step-score aggregation for the final choice (last, min, prod, mean)
-    answer: str = "weighted"     # Final choice: best (highest aggregate), vote (majority), weighted (PRM-weighted vote)
+    answer: str|None = None      # Final choice: best (highest aggregate), vote (majority), weighted (PRM-weighted vote);
+                                 # None = weighted where the answer is hidden, best where the prompt states it (Countdown)
     seed: int = 0
     def __post_init__(self):
         check(self.width >= 1, f"width must be ≥ 1, got {self.width}")
         check(self.temperature >= 0, f"temperature must be ≥ 0 (0 = greedy), got {self.temperature}")
         check(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         check(self.max_step_tokens >= 1 and self.max_depth >= 1, f"max_step_tokens and max_depth must be ≥ 1, got {self.max_step_tokens} and {self.max_depth}")
-        check(self.answer in ("best", "vote", "weighted"), f"unknown answer rule {self.answer!r}: use best, vote or weighted")
+        check(self.answer in (None, "best", "vote", "weighted"), f"unknown answer rule {self.answer!r}: use best, vote or weighted")
         check(self.agg in ("last", "min", "prod", "mean"), f"unknown aggregation {self.agg!r}: use last, min, prod or mean")
 
 # %% ../../nbs/23_search.ipynb #64df3871
@@ -74,22 +76,38 @@ class SearchResult:
         return {"algorithm": self.algorithm, "n": len(self.correct), "accuracy": self.accuracy, "knobs": self.knobs, **self.counters}
 
 # %% ../../nbs/23_search.ipynb #86b1ed20
+def answer_rule(cfg:SearchConfig, task:Task) -> str:
+    "The answer rule in effect: `cfg.answer`, else weighted where the answer is hidden and best where the prompt states it."
+    return cfg.answer or ("best" if getattr(task, "answer_in_prompt", False) else "weighted")
+
+LEDGER = ("prefill_tokens", "decode_tokens", "prm_tokens", "model_calls", "flops", "seconds")
+
 class Recorder:
-    "The shared bookkeeping of a search: events, budget counters, finished trajectories and the final result."
+    "The shared bookkeeping of a search: events, the compute ledger, finished trajectories and the final result."
     def __init__(self, engine:Engine, prm:PRM, task:Task, problems:list, cfg:SearchConfig, name:str,
                  on_event:Callable[[dict], None]|None=None):
         check(len(problems) >= 1, "no problems to search")
         self.engine, self.prm, self.task, self.problems, self.cfg, self.name, self.on_event = engine, prm, task, problems, cfg, name, on_event
-        self.events, self.t0, self.prm_calls0 = [], time.time(), self.prm_calls()
-        self.stats0 = (engine.stats.tokens_generated, engine.stats.forward_passes)
-        engine.stats.pool_peak_bytes = engine.stats.naive_peak_bytes = engine.stats.unique_token_peak_bytes = 0
+        self.rule = answer_rule(cfg, task)
+        self.events, self.t0 = [], time.time()
+        s = engine.stats
+        self.stats0 = {k: getattr(s, k) for k in ("tokens_generated", "forward_passes", "prefill_tokens", "decode_tokens", "model_calls", "flops")}
+        self.prm0 = (self.prm_calls(), self.prm_tokens())
+        s.pool_peak_bytes = s.naive_peak_bytes = s.unique_token_peak_bytes = 0
         self.finished = defaultdict(list)
         self.kv = {"kv_tokens_ets_metric": 0, "kv_tokens_with_prompt": 0, "kv_tokens_peak": 0}
-        self.gen = torch.Generator(device="cpu").manual_seed(derive_seed(cfg.seed, name))
+        self.keys = [task.key(p) for p in problems]
+        self.draws = defaultdict(int)     # draws so far per (problem, path): the n-th draw after a path is the same in every search
 
     def prm_calls(self) -> int:
         "PRM calls so far (0 without a PRM: a search that reads none may pass None)."
         return 0 if self.prm is None else self.prm.calls
+
+    def prm_tokens(self) -> int: return 0 if self.prm is None else getattr(self.prm, "tokens", 0)
+
+    def rng(self, problem:int, *salt) -> np.random.Generator:
+        "A random stream for `problem` seeded by the config's seed and the problem (never the algorithm): paired across searches."
+        return np.random.default_rng(derive_seed(self.cfg.seed, self.keys[problem], *salt))
 
     def emit(self, **ev):
         self.events.append(ev)
@@ -103,28 +121,47 @@ class Recorder:
             self.emit(**add_event(r))
         return roots
 
-    def count_kv(self, frontier:list[Node]):
-        "Add one selection step's ETS KV metric (§0.1) over `frontier`."
-        m = ets_kv_metric(frontier, include_prompt=False)
+    def child_seeds(self, node:Node, k:int) -> list[int]:
+        "Seeds of the next `k` draws after `node`'s path: the seed, the problem, the path's tokens and the draw's ordinal on that path."
+        path = self.engine.path_ids(node) if hasattr(self.engine, "path_ids") else [t for n in node.path() for t in n.tokens]
+        base = derive_seed(self.cfg.seed, self.keys[node.problem], *path)
+        # counted per path, not per node: two nodes with the same text (two samples that agree so far) draw on, not again
+        start = self.draws[base]; self.draws[base] += k
+        return [derive_seed(base, start + j) for j in range(k)]
+
+    def count_kv(self, nodes:list[Node]):
+        "Add one expansion's ETS KV metric (§0.1): the union of root → node paths over every child it generated."
+        m = ets_kv_metric(nodes, include_prompt=False)
         self.kv["kv_tokens_ets_metric"] += m; self.kv["kv_tokens_peak"] = max(self.kv["kv_tokens_peak"], m)
-        self.kv["kv_tokens_with_prompt"] += ets_kv_metric(frontier, include_prompt=True)
+        self.kv["kv_tokens_with_prompt"] += ets_kv_metric(nodes, include_prompt=True)
 
     def expand(self, requests:list[tuple[Node, int]]) -> list[list[Node]]:
-        "Sample children in one engine batch; set their steps and announce them."
-        cfg = self.cfg
-        kids = self.engine.expand(requests, cfg.temperature, cfg.top_p, cfg.max_step_tokens, generator=self.gen)
-        for ch in (ch for group in kids for ch in group):
+        "Sample children in one engine batch (each from its own seed); set their steps and announce them."
+        cfg, requests = self.cfg, [(n, k) for n, k in requests if k > 0]
+        seeds = [self.child_seeds(n, k) for n, k in requests]
+        kids = self.engine.expand(requests, cfg.temperature, cfg.top_p, cfg.max_step_tokens, seeds=seeds)
+        flat = [ch for group in kids for ch in group]
+        for ch in flat:
             ch.steps = ch.parent.steps + [ch.text.strip()]
             ch.terminal = bool(ch.eos or self.task.is_terminal(self.problems[ch.problem], ch.steps) or ch.depth >= cfg.max_depth)
             self.emit(**add_event(ch))
+        by_problem = defaultdict(list)                 # the KV metric is per problem's tree, as in the ETS code
+        for ch in flat: by_problem[ch.problem].append(ch)
+        for group in by_problem.values(): self.count_kv(group)
         return kids
 
     def score(self, nodes:list[Node]):
         "PRM scores of every step of each node's path, in one batch (`step_scores`, and `score` = the last)."
         if not nodes: return
+        t0 = self.prm_tokens()
         for n, sc in zip(nodes, self.prm.batch(self.task, [(self.problems[n.problem], n.steps) for n in nodes])):
             n.step_scores, n.score = sc, (sc[-1] if sc else 0.0)
             self.emit(t="score", node=n.id, score=n.score)
+        read = self.prm_tokens() - t0           # the PRM's tokens, shared out by path length (what a PRM without a cache reads)
+        if read:
+            share = np.array([n.n_path for n in nodes], float); share = np.floor(read * share / share.sum()).astype(int)
+            share[np.argmax(share)] += read - int(share.sum())
+            for n, r in zip(nodes, share): n.prm_tokens += int(r)
 
     def finish(self, node:Node):
         "Record a finished trajectory (its answer and aggregated score)."
@@ -137,22 +174,32 @@ class Recorder:
         "Choose each problem's answer and gather the counters."
         answers, correct, sols = [], [], []
         for i, p in enumerate(self.problems):
-            a, node = choose_answer(self.finished[i], self.cfg.answer)
+            a, node = choose_answer(self.finished[i], self.rule)
             sol = "\n".join(node.steps) + "\n" if node is not None else ""
             answers.append(a); sols.append(sol); correct.append(node is not None and self.task.is_correct(p, sol))
             if node is not None: node.selected = True; self.emit(t="answer", problem=i, node=node.id, answer=a)
-        return SearchResult(self.name, asdict(self.cfg), answers, correct, sols, roots, self.counters(**extra), self.events)
+        return SearchResult(self.name, {**asdict(self.cfg), "answer": self.rule}, answers, correct, sols, roots,
+                            self.counters(**extra), self.events)
 
-    def counters(self, tree:bool=True, # False: the search ran outside the tree engine (no ETS KV metric, no unique-token limit)
+    def ledger(self) -> dict:
+        "The compute ledger since the recorder started (§0.1): tokens the policy and the PRM read, samples, FLOPs, seconds."
+        s, d = self.engine.stats, lambda k: getattr(self.engine.stats, k, 0) - self.stats0.get(k, 0)
+        prm_tokens = self.prm_tokens() - self.prm0[1]
+        prm_model = getattr(self.prm, "model", None)      # a learned PRM: 2 FLOPs per parameter per token it reads
+        prm_flops = 2 * sum(p.numel() for p in prm_model.parameters()) * prm_tokens if prm_model is not None else 0
+        return {"prefill_tokens": d("prefill_tokens"), "decode_tokens": d("decode_tokens"), "prm_tokens": prm_tokens,
+                "model_calls": d("model_calls"), "flops": d("flops") + prm_flops, "seconds": time.time() - self.t0}
+
+    def counters(self, tree:bool=True, # False: the search ran outside the tree engine (no unique-token limit)
                  **extra) -> dict:
-        "The budget counters since the recorder started: engine and PRM use, KV, finished trajectories, wall time."
-        s = self.engine.stats
-        return {"tokens_generated": s.tokens_generated - self.stats0[0], "forward_passes": s.forward_passes - self.stats0[1],
-                "prm_calls": self.prm_calls() - self.prm_calls0, **(self.kv if tree else {}),
+        "The budget counters since the recorder started: the ledger, engine and PRM use, KV, finished trajectories, wall time."
+        s, led = self.engine.stats, self.ledger()
+        return {"tokens_generated": s.tokens_generated - self.stats0["tokens_generated"],
+                "forward_passes": s.forward_passes - self.stats0["forward_passes"],
+                "prm_calls": self.prm_calls() - self.prm0[0], "prm_tokens": led["prm_tokens"], **self.kv,
                 "pool_peak_bytes": s.pool_peak_bytes, "naive_peak_bytes": s.naive_peak_bytes,
                 **({"unique_token_limit_bytes": s.unique_token_peak_bytes} if tree else {}),
-                "finished": sum(len(f) for f in self.finished.values()), "wall_s": time.time() - self.t0, **extra}
-
+                "finished": sum(len(f) for f in self.finished.values()), "wall_s": led["seconds"], "ledger": led, **extra}
 
 
 # %% ../../nbs/23_search.ipynb #9ba39551
@@ -176,7 +223,6 @@ def step_search(engine:Engine, prm:PRM, task:Task, problems:list,
         requests = []
         for i, cands in frontier.items():
             if not cands or (width_accounting and remaining[i] <= 0): continue
-            rec.count_kv(cands)
             counts = select(cands, remaining[i], depth, state[i]) if depth < cfg.max_depth else [0] * len(cands)
             check(len(counts) == len(cands) and sum(counts) <= max(cfg.width, len(cands)),
                   f"{name}: select returned {counts} for {len(cands)} candidates and width {cfg.width}")
@@ -244,6 +290,16 @@ class SearchSpec:
     knobs: tuple[Knob, ...] = ()
     reads_prm: bool = True      # False: its answer reads no reward (greedy, a plain vote, diverse beam)
     check: Callable[[SearchConfig, dict], None]|None = None  # Raises `WorkbenchError` when `cfg` and the knobs do not go together
+    votes: bool = False         # Its answer is a vote over answers whatever `cfg.answer` says (majority, QAlign)
+    answer_rule: bool = True    # It ends with `cfg.answer` over its finished solutions (False: one solution, e.g. greedy, A*)
+
+    def refuse_vote(self, cfg:SearchConfig, task:Task):
+        "A vote over answers says nothing where the prompt states the answer (Countdown): refuse it, saying what works."
+        if not getattr(task, "answer_in_prompt", False): return
+        voting = self.votes or (self.answer_rule and answer_rule(cfg, task) in ("vote", "weighted"))
+        check(not voting, f"{self.name} votes over answers, but {getattr(task, 'name', 'this task')} states the answer in the prompt "
+              "(nearly every finished trajectory claims it, legal or not); use a task whose answer is hidden (chain, gsm8k, math500)"
+              + ("" if self.votes else " or --answer best"))
 
     @property
     def knob_names(self) -> list[str]: return [k.name for k in self.knobs]
@@ -271,6 +327,7 @@ class SearchSpec:
     def run(self, engine, prm, task, problems, cfg:SearchConfig, on_event=None, **given) -> SearchResult:
         "Run the search with the knobs in effect; they are recorded in `result.knobs`."
         knobs = self.knobs_in_effect(cfg, **given)
+        self.refuse_vote(cfg, task)
         res = self.fn(engine, prm, task, problems, cfg, on_event=on_event, **knobs)
         res.knobs = {k.name: k.record(knobs[k.name]) for k in self.knobs}
         return res

@@ -21,8 +21,8 @@ def diverse_beam_decode(model, prompt_ids:list[int], # One prompt, tokenized
                         penalty:float=0.5,       # λ of the Hamming diversity term
                         max_new_tokens:int=96,
                         eos_token_id:int=2,
-                       ) -> tuple[list[tuple[list[int], float, int]], int]:
-    "Finished hypotheses (new tokens, score, group) best first, and the forward passes used."
+                       ) -> tuple[list[tuple[list[int], float, int]], int, int]:
+    "Finished hypotheses (new tokens, score, group) best first, the forward passes used, and the ETS KV metric summed over steps."
     check(beams >= 1 and groups >= 1 and beams % groups == 0, f"groups ({groups}) must divide beams ({beams})")
     check(penalty >= 0, f"diversity penalty must be ≥ 0, got {penalty}")
     S, dev = beams // groups, next(model.parameters()).device
@@ -31,7 +31,7 @@ def diverse_beam_decode(model, prompt_ids:list[int], # One prompt, tokenized
     logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1].float()
     scores = torch.full((beams,), -1e9, device=dev); scores[::S] = 0.0   # one live beam per group at the start
     seqs = [[] for _ in range(beams)]
-    hyps, done, passes = [[] for _ in range(groups)], [False] * groups, 1
+    hyps, done, passes, kv = [[] for _ in range(groups)], [False] * groups, 1, 0
     for t in range(max_new_tokens):
         logp = torch.log_softmax(logits, -1)
         chosen = torch.full((beams,), -1, dtype=torch.long, device=dev)
@@ -59,6 +59,7 @@ def diverse_beam_decode(model, prompt_ids:list[int], # One prompt, tokenized
             done[g] = len(hyps[g]) >= S                    # early stopping: the group holds S finished hypotheses
         if all(done): break
         seqs = [seqs[s] + [tok] for s, tok in zip(src.tolist(), new_tok.tolist())]
+        kv += len({tuple(q[:j]) for q in seqs for j in range(1, len(q) + 1)})  # the union of the beams' paths (§0.1)
         scores = new_scores
         cache.reorder_cache(src)
         logits = model(input_ids=new_tok[:, None], past_key_values=cache, use_cache=True).logits[:, -1].float()
@@ -66,7 +67,7 @@ def diverse_beam_decode(model, prompt_ids:list[int], # One prompt, tokenized
     for g in range(groups):                                # out of tokens: the live beams count as hypotheses
         if not done[g]: hyps[g] += [(seqs[b], float(scores[b]), g) for b in range(g * S, (g + 1) * S)][: S - len(hyps[g])]
     out = sorted((h for hs in hyps for h in sorted(hs, key=lambda h: -h[1])[:S]), key=lambda h: -h[1])
-    return out, passes
+    return out, passes, kv
 
 # %% ../../nbs/27e_search_diverse_beam.ipynb #469ea84c
 def distinct_n(texts:list[str], n:int=2) -> float:
@@ -88,20 +89,23 @@ def diverse_beam(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
     correct, oracle, answers, sols, dist = [], [], [], [], []
     for i, p in enumerate(problems):
         ids = lm.tokenizer(task.prompt(p))["input_ids"]
-        hyps, n = diverse_beam_decode(lm.model, ids, B, G, penalty, max_new_tokens, lm.tokenizer.eos_token_id)
+        hyps, n, kv = diverse_beam_decode(lm.model, ids, B, G, penalty, max_new_tokens, lm.tokenizer.eos_token_id)
         outs = [lm.tokenizer.decode(h[0], skip_special_tokens=True) for h in hyps]
         # it runs outside the tree engine: its B per-beam caches count in the engine's counters
-        s.tokens_generated += B * (n - 1); s.forward_passes += n
+        s.tokens_generated += B * (n - 1); s.forward_passes += n; s.model_calls += B
+        s.prefill_tokens += B * len(ids); s.decode_tokens += B * (n - 1)          # B rows: the prompt is prefilled per beam
+        s.flops += engine._layer_params * 2 * B * (len(ids) + n - 1)              # matmuls only (no attention term: a lower bound)
+        rec.kv["kv_tokens_ets_metric"] += kv; rec.kv["kv_tokens_with_prompt"] += kv + (n - 1) * len(ids)
         s.pool_peak_bytes = s.naive_peak_bytes = max(s.pool_peak_bytes, B * (len(ids) + n) * engine.pool.bytes_per_token)
         answers.append(task.answer(p, outs[0])); sols.append(outs[0]); correct.append(task.is_correct(p, outs[0]))
         oracle.append(any(task.is_correct(p, o) for o in outs)); dist.append(distinct_n(outs))
         rec.emit(t="answer", problem=i, answer=answers[-1], beams=outs)
     counters = rec.counters(tree=False, finished=B * len(problems), oracle_accuracy=sum(oracle) / len(problems),
                             distinct_2=sum(dist) / len(dist))
-    return SearchResult("diverse-beam", asdict(cfg), answers, correct, sols, [], counters, rec.events)
+    return SearchResult("diverse-beam", {**asdict(cfg), "answer": "best"}, answers, correct, sols, [], counters, rec.events)
 
 register_search(SearchSpec("diverse-beam", diverse_beam,
                            "token-level beam search in G groups with a Hamming diversity penalty (no PRM)", (
     Knob("groups", int, None, "G: beam groups (None: G = width)", low=1),
     Knob("penalty", float, 0.5, "λ: Hamming diversity penalty", low=0),
-    Knob("max_new_tokens", int, 96, "tokens per beam", low=1)), reads_prm=False))
+    Knob("max_new_tokens", int, 96, "tokens per beam", low=1)), reads_prm=False, answer_rule=False))

@@ -34,20 +34,41 @@ def run_search(name:str,          # A key of `SEARCHES`
 
 # %% ../../nbs/29_search_registry.ipynb #0ab7d3d2
 PEAKS = ("pool_peak_bytes", "naive_peak_bytes", "unique_token_limit_bytes", "kv_tokens_peak")
-MEANS = ("oracle_accuracy", "distinct_2")   # per-problem averages: weighted by chunk size, not summed
+MEANS = ("oracle_accuracy", "distinct_2", "acceptance_rate")   # per-problem averages: weighted by chunk size, not summed
+
+def _merge(total:dict, counters:dict, weight:float):
+    "Fold one chunk's counters into `total`: peaks by max, per-problem means by `weight`, the rest summed (ledger too)."
+    for k, v in counters.items():
+        if isinstance(v, dict): _merge(total.setdefault(k, {}), v, weight); continue
+        if not isinstance(v, (int, float)): continue
+        if k in MEANS: v *= weight
+        total[k] = max(total.get(k, 0), v) if k in PEAKS else total.get(k, 0) + v
+
+def _per_seed(total:dict, n_seeds:int) -> dict:
+    "Summed counters as means per seed (peaks stay maxima)."
+    return {k: _per_seed(v, n_seeds) if isinstance(v, dict) else v if k in PEAKS else v / n_seeds for k, v in total.items()}
 
 def search_many(name:str, engine, prm, task, problems:list, cfg:SearchConfig,
                 chunk:int=25,   # Problems searched at once
-                quiet:bool=True, on_event=None, **knobs) -> dict:
-    "Search `problems` chunk by chunk; accuracy, the config and knobs in effect, and merged counters as one dict."
+                quiet:bool=True, on_event=None,
+                seeds:list[int]|None=None, # Seeds to run (common random numbers: the same seed, the same samples); None = [cfg.seed]
+                **knobs) -> dict:
+    "Every seed over `problems`, chunk by chunk: accuracy with a 95 % interval over problems × seeds, the config, the knobs, counters per seed."
     from tqdm.auto import tqdm
+    from dataclasses import replace
+    import numpy as np
+    from workbench.metrics import problem_seed_ci
     check(chunk >= 1, f"chunk must be ≥ 1, got {chunk}")
-    total, correct = {}, []
-    for i in tqdm(range(0, len(problems), chunk), desc=name, disable=quiet):
-        r = run_search(name, engine, prm, task, problems[i:i + chunk], cfg, on_event, **knobs)
-        correct += r.correct
-        for k, v in r.counters.items():
-            if k in MEANS: v *= len(r.correct) / len(problems)
-            total[k] = max(total.get(k, 0), v) if k in PEAKS else total.get(k, 0) + v
-    return {"algorithm": name, "n": len(problems), "width": cfg.width, "accuracy": sum(correct) / len(problems),
-            "config": r.config, "knobs": r.knobs, **total}
+    seeds = [cfg.seed] if seeds is None else [int(s) for s in seeds]
+    check(len(seeds) >= 1 and len(set(seeds)) == len(seeds), f"seeds must be distinct and at least one, got {seeds}")
+    get_search(name).refuse_vote(cfg, task)                  # before any work
+    total, correct = {}, np.zeros((len(problems), len(seeds)), bool)
+    for j, s in enumerate(seeds):
+        for i in tqdm(range(0, len(problems), chunk), desc=f"{name} seed {s}", disable=quiet):
+            r = run_search(name, engine, prm, task, problems[i:i + chunk], replace(cfg, seed=s), on_event, **knobs)
+            correct[i:i + len(r.correct), j] = r.correct
+            _merge(total, r.counters, len(r.correct) / len(problems))
+    return {"algorithm": name, "n": len(problems), "width": cfg.width, "seeds": seeds,
+            "accuracy": float(correct.mean()), "accuracy_ci": problem_seed_ci(correct),
+            "accuracy_per_seed": correct.mean(0).tolist(), "config": {**r.config, "seed": seeds[0]}, "knobs": r.knobs,
+            **_per_seed(total, len(seeds)), "correct": correct.astype(int).tolist()}
