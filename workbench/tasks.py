@@ -271,10 +271,9 @@ class ArithmeticChain(Task):
 
     def max_steps(self, p): return len(p.ops)
     def state(self, p, steps:list[str]) -> tuple[int, int]|None:
-        "(operations done, the value the last step claims): two paths in the same state have the same future; None if unreadable."
-        if not steps: return (0, p.start)
-        m = re.fullmatch(r"\d+[+\-*]\d+=(\d+)", steps[-1].replace(" ", ""))
-        return None if m is None else (len(steps), int(m[1]))
+        "(operations done, current value) after legal steps, or None if a step is illegal (as Countdown's: each step is checkable)."
+        if self.n_valid(p, steps) is None: return None
+        return (len(steps), self.values(p)[len(steps)])
     def is_terminal(self, p, steps):
         "A chain ends after one step per operation, or at a step that is not of the form `a op b = c`."
         return bool(steps) and (len(steps) >= len(p.ops) or re.fullmatch(r"\d+[+\-*]\d+=\d+", steps[-1].replace(" ", "")) is None)

@@ -6,10 +6,9 @@
 from __future__ import annotations
 import time
 from collections import defaultdict
-import numpy as np
 from dataclasses import dataclass, field, asdict
 from typing import Callable
-import torch
+import numpy as np
 from ..core import WorkbenchError, check, derive_seed
 from ..engine import Engine, Node, add_event, ets_kv_metric
 from ..rewards import PRM, aggregate
@@ -183,7 +182,7 @@ class Recorder:
 
     def ledger(self) -> dict:
         "The compute ledger since the recorder started (§0.1): tokens the policy and the PRM read, samples, FLOPs, seconds."
-        s, d = self.engine.stats, lambda k: getattr(self.engine.stats, k, 0) - self.stats0.get(k, 0)
+        d = lambda k: getattr(self.engine.stats, k, 0) - self.stats0.get(k, 0)
         prm_tokens = self.prm_tokens() - self.prm0[1]
         prm_model = getattr(self.prm, "model", None)      # a learned PRM: 2 FLOPs per parameter per token it reads
         prm_flops = 2 * sum(p.numel() for p in prm_model.parameters()) * prm_tokens if prm_model is not None else 0

@@ -17,7 +17,8 @@ from .core import Knob, SearchConfig, SearchResult, SearchSpec, register_search,
 from .rebase import SOFTMAX_T, rebase_allocation
 
 # %% auto #0
-__all__ = ['mean_pooled', 'policy_embedder', 'sentence_embedder', 'semantic_clusters', 'ets_keep', 'ets_select', 'ets']
+__all__ = ['CLUSTER_BY', 'mean_pooled', 'policy_embedder', 'sentence_embedder', 'semantic_clusters', 'state_clusters',
+           'has_state', 'ets_keep', 'ets_select', 'ets', 'check_ets']
 
 # %% ../../nbs/27a_search_ets.ipynb #c2cd9477
 def mean_pooled(model, tokenizer, texts:list[str], layer:int=-1) -> np.ndarray:
@@ -62,6 +63,20 @@ def semantic_clusters(texts:list[str],   # Last step of each candidate
     labels = fcluster(linkage(E, method="average", metric="cosine"), threshold, criterion="distance")
     return [int(k) for k in np.unique(labels, return_inverse=True)[1]]
 
+# %% ../../nbs/27a_search_ets.ipynb #97a128df
+def state_clusters(task,              # A task with `state(problem, steps)`
+                   problem,
+                   paths:list[list[str]], # Steps of each candidate's path
+                  ) -> list[int]|None:
+    "Cluster labels (0..K-1): equal `task.state` share a cluster (illegal paths, None, share one); None for < 2 paths."
+    if len(paths) < 2: return None
+    ids = {}
+    return [ids.setdefault(task.state(problem, s), len(ids)) for s in paths]
+
+def has_state(task) -> bool:
+    "Does `task` say which state a path leads to (`task.state`)?"
+    return callable(getattr(task, "state", None))
+
 # %% ../../nbs/27a_search_ets.ipynb #05cca14e
 def ets_keep(values:list[float],          # O_i: REBASE's normalised allocation of each candidate
              ancestors:list[list[int]],   # Ids of each candidate's strict ancestors (root included)
@@ -99,22 +114,32 @@ def ets_keep(values:list[float],          # O_i: REBASE's normalised allocation 
     return [bool(v > 0.5) for v in res.x[:N]]
 
 # %% ../../nbs/27a_search_ets.ipynb #b7187ab7
+CLUSTER_BY = ("auto", "state", "embedding")
+
 def ets_select(temperature:float=0.2, lambda_c:float=1.0, lambda_s:float=1.5,
-               embed:Callable[[list[str]], np.ndarray]|None=None, # Step embedder; needed when λs > 0
+               embed:Callable[[list[str]], np.ndarray]|None=None, # Step embedder; needed when λs > 0 and clustering by embedding
                cluster_threshold:float=0.05,
                stats:dict|None=None,   # Receives solver time and kept/pruned counts
+               cluster_by:str="embedding", # state: exact `task.state` equivalence; embedding: last-step embeddings
               ):
     "Select rule of ETS: integer-program pruning, then REBASE allocation over the kept candidates."
     check(lambda_c >= 0 and lambda_s >= 0, f"λc and λs must be ≥ 0, got {lambda_c}, {lambda_s}")
-    check(lambda_s == 0 or embed is not None, "λs > 0 needs a step embedder (policy_embedder(lm) or sentence_embedder(dir))")
+    check(cluster_by in ("state", "embedding"), f"unknown cluster_by {cluster_by!r} for the select rule: use state or embedding")
+    check(lambda_s == 0 or cluster_by == "state" or embed is not None,
+          "λs > 0 needs a step embedder (policy_embedder(lm) or sentence_embedder(dir)) or cluster_by='state'")
     stats = {} if stats is None else stats
+    def clusters(cands, state):
+        if lambda_s == 0: return None
+        if cluster_by == "embedding": return semantic_clusters([c.text.strip() for c in cands], embed, cluster_threshold)
+        rec = state["recorder"]
+        return state_clusters(rec.task, rec.problems[cands[0].problem], [c.steps for c in cands])
     def select(cands, remaining, depth, state):
         scores = [c.score for c in cands]
         if len(cands) == 1: return [remaining]
         n = rebase_allocation(scores, remaining, temperature)
         O = [k / max(1, sum(n)) for k in n]
         anc = [[a.id for a in c.path()[:-1]] for c in cands]
-        labels = semantic_clusters([c.text.strip() for c in cands], embed, cluster_threshold) if lambda_s > 0 else None
+        labels = clusters(cands, state)
         t0 = time.perf_counter()
         keep = ets_keep(O, anc, labels, lambda_c, lambda_s)
         stats["solver_s"] = stats.get("solver_s", 0.0) + time.perf_counter() - t0
@@ -131,21 +156,34 @@ def ets(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
         softmax_temperature:float=0.2, # T of the softmax allocation
         lambda_c:float=1.0,      # λc: cost of retained nodes (KV)
         lambda_s:float=1.5,      # λs: bonus for covering semantic clusters
-        embed=None,              # Step embedder; default: the policy's mean hidden state
+        embed=None,              # Step embedder; default: `embed_model`, else the policy's mean hidden state
         cluster_threshold:float=0.05, # Cosine-distance cut of the step clusters
+        cluster_by:str="auto",   # auto: state where the task has `state`, else embedding; state; embedding
+        embed_model:str|None=None, # Directory of a sentence-embedding model (embedding clusters)
         on_event=None) -> SearchResult:
     "ETS tree search; the result's counters add the solver time and the kept/pruned candidate counts."
+    check(cluster_by in CLUSTER_BY, f"unknown cluster_by {cluster_by!r}: use {', '.join(CLUSTER_BY)}")
+    check(cluster_by != "state" or has_state(task), f"cluster_by='state' needs a task with `state`; {getattr(task, 'name', task)} has none: use embedding")
+    by = ("state" if has_state(task) else "embedding") if cluster_by == "auto" else cluster_by
+    if embed is None and lambda_s > 0 and by == "embedding":
+        embed = sentence_embedder(embed_model) if embed_model else policy_embedder(engine.lm)
     stats = {}
-    if embed is None and lambda_s > 0: embed = policy_embedder(engine.lm)
-    res = step_search(engine, prm, task, problems, ets_select(softmax_temperature, lambda_c, lambda_s, embed, cluster_threshold, stats),
+    res = step_search(engine, prm, task, problems, ets_select(softmax_temperature, lambda_c, lambda_s, embed, cluster_threshold, stats, by),
                       cfg, "ets", on_event)
     res.counters.update(solver_s=stats.get("solver_s", 0.0), solver_calls=stats.get("solver_calls", 0),
                         ets_kept=stats.get("kept", 0), ets_pruned=stats.get("pruned", 0))
     return res
 
+def check_ets(cfg:SearchConfig, knobs:dict):
+    "Validity check of ETS' knobs that the task does not decide."
+    check(knobs["cluster_by"] in CLUSTER_BY, f"unknown cluster_by {knobs['cluster_by']!r}: use {', '.join(CLUSTER_BY)}")
+
 register_search(SearchSpec("ets", ets, "REBASE with an integer program keeping few nodes and many meanings (ETS)", (
     SOFTMAX_T,
     Knob("lambda_c", float, 1.0, "λc: weight of the retained-node (KV) cost", low=0),
     Knob("lambda_s", float, 1.5, "λs: weight of the semantic-coverage bonus", low=0),
-    Knob("embed", Callable, None, "step embedder texts -> array; None: the policy's mean hidden state (Python only)"),
-    Knob("cluster_threshold", float, 0.05, "cosine-distance cut of the step clusters", low=0))))
+    Knob("embed", Callable, None, "step embedder texts -> array; None: embed_model, else the policy's mean hidden state (Python only)"),
+    Knob("cluster_threshold", float, 0.05, "cosine-distance cut of the step clusters", low=0),
+    Knob("cluster_by", str, "auto", "auto: exact state equivalence where the task has state (Countdown), else embeddings; state; embedding"),
+    Knob("embed_model", str, None, "directory of a sentence-embedding model for embedding clusters (None: the policy)")),
+    check=check_ets))
