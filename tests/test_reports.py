@@ -96,3 +96,32 @@ def test_report_renders_quick_and_reads_offline(name, tmp_path, monkeypatch):
     assert remote_resources(page) == []
     check_offline_in_chromium(Path(res["html"]), min_images=len(pngs))
     print(f"{name}: {res['seconds']} s, figures {[Path(f).name for f in res['figures']]}")
+
+
+@pytest.mark.slow
+def test_search_scaling_countdown_skips_votes_and_pairs_against_best_of_n(tmp_path, monkeypatch):
+    "search_scaling on Countdown: every voting search is skipped with its reason; each algorithm is paired with best-of-N at matched FLOPs."
+    import ast
+    from workbench.search.registry import SEARCHES
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    res = render_report("search_scaling", {"task": "countdown"}, quick=True, out_dir=tmp_path)
+    assert sorted(Path(f).name for f in res["figures"]) == [f"search_scaling-accuracy_vs_{k}.{e}" for k in ("auroc", "flops") for e in ("png", "svg")]
+    nb = nbformat.read(res["notebook"], as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    s = ast.literal_eval(nb.cells[-1].outputs[0]["data"]["text/plain"])        # the results as data
+    assert s["task"] == "countdown" and s["reference"] == "best-of-n" and len(s["seeds"]) >= 2 and len(s["prms"]) == 2
+    voting = s["skipped"]
+    assert voting and all(SEARCHES[a].votes for a in voting), voting      # majority, weighted-majority: never run, never silent
+    assert not any(SEARCHES[a].votes for a in s["algorithms"]), s["algorithms"]
+    for a in voting: assert f"skipped {a}: {a} votes over answers, but countdown states the answer in the prompt" in printed
+    for prm, by_algo in s["matched"].items():
+        assert set(by_algo) == set(s["algorithms"]) - {"greedy"}, (prm, by_algo)
+        ref = by_algo["best-of-n"]
+        assert ref["minus_reference"] == 0 and ref["minus_reference_ci"] == [0, 0], ref
+        for a, m in by_algo.items():
+            assert m is not None, f"{a} never reaches best-of-n's FLOPs at {prm}"
+            lo, hi = m["accuracy_ci"]; dlo, dhi = m["minus_reference_ci"]
+            assert 0 <= lo <= m["accuracy"] <= hi <= 1 and dlo <= m["minus_reference"] <= dhi, (prm, a, m)
+            assert -1 <= m["accuracy"] - m["minus_reference"] <= 1 and m["flops_per_problem"] > 0, (prm, a, m)
+    page = Path(res["html"]).read_text()
+    assert "minus best-of-n [95 %]" in page and "matched at" in page

@@ -8,6 +8,7 @@ import json, math, os, random, sys, time
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 from scipy.stats import mannwhitneyu
@@ -18,13 +19,14 @@ from transformers.utils import logging as hf_logging
 from .core import WorkbenchError, check, data_dir, derive_seed, pick_device
 from .evaluate import complete
 from .models import LM, check_model_dir, load, quiet_transformers
-from .rewards import PRM, NoisyPRM, OraclePRM, OutcomePRM
+from .rewards import PRM, CalibratedPRM, NoisyPRM, OraclePRM, OutcomePRM
 from .tasks import Task, get_task
 from .train import TrainConfig, train
 
 # %% auto #0
-__all__ = ['PRMS', 'sample_continuations', 'sample_solutions', 'mc_labels', 'newline_id', 'step_positions', 'LearnedPRM',
-           'encode_examples', 'prm_batch', 'auroc', 'train_prm', 'get_prm']
+__all__ = ['PRMS', 'sample_continuations', 'sample_solutions', 'mc_labels', 'RolloutMC', 'FirstError',
+           'first_error_binary_search', 'first_error_scan', 'omega_labels', 'newline_id', 'step_positions',
+           'LearnedPRM', 'encode_examples', 'prm_batch', 'auroc', 'hard_labels', 'train_prm', 'get_prm']
 
 # %% ../nbs/22_learned_prm.ipynb #fce72fea
 @torch.no_grad()
@@ -78,6 +80,90 @@ def mc_labels(lm:LM, task:Task, problems:list,
     for j, (p, e, i) in enumerate(jobs):
         prefix = "".join(s + "\n" for s in e["steps"][:i])
         e["labels"][i - 1] = sum(task.is_correct(p, prefix + c) for c in outs[j * rollouts:(j + 1) * rollouts]) / rollouts
+    return [e for _, e in exs]
+
+# %% ../nbs/22_learned_prm.ipynb #8e5d631e
+class RolloutMC:
+    "MC(prefix) = fraction of `k` policy rollouts from the prefix that end correct; one batch per call, cached per prefix."
+    def __init__(self, lm:LM, task:Task, k:int=8, # Rollouts per prefix
+                 temperature:float=1.0, seed:int=0, batch_size:int=256):
+        check(k >= 1, f"k must be ≥ 1 rollouts per prefix, got {k}")
+        self.lm, self.task, self.k, self.temperature, self.seed, self.batch_size = lm, task, k, temperature, seed, batch_size
+        self.cache, self.rollouts, self.calls = {}, 0, 0
+
+    def __call__(self, items:list[tuple] # `(problem, steps)` pairs
+                ) -> list[float]:
+        "The MC value of each prefix; only prefixes not seen before are rolled out."
+        t, keys = self.task, [(self.task.key(p), tuple(s)) for p, s in items]
+        new = list({kk: (p, s) for kk, (p, s) in zip(keys, items) if kk not in self.cache}.items())
+        if new:
+            texts = [t.prompt(p) + "".join(x + "\n" for x in s) for _, (p, s) in new for _ in range(self.k)]
+            outs = sample_continuations(self.lm, texts, t.max_solution_tokens([p for _, (p, _) in new]), self.temperature,
+                                        self.batch_size, derive_seed(self.seed, "mc", self.calls))
+            for j, (kk, (p, s)) in enumerate(new):
+                prefix = "".join(x + "\n" for x in s)
+                self.cache[kk] = sum(t.is_correct(p, prefix + o) for o in outs[j * self.k:(j + 1) * self.k]) / self.k
+            self.calls, self.rollouts = self.calls + 1, self.rollouts + len(texts)
+        return [self.cache[kk] for kk in keys]
+
+# %% ../nbs/22_learned_prm.ipynb #494c2d1b
+class FirstError(NamedTuple):
+    "Where a solution first goes wrong, the MC values measured on the way and the rollouts spent."
+    step: int|None  # Length of the shortest prefix with MC 0 (1-based step number); None for a correct solution
+    mc: dict        # Prefix length -> measured MC value (the whole solution: its exact outcome)
+    rollouts: int   # k per prefix asked about
+
+def _bisect(task:Task, items:list[tuple], mc:Callable, k:int) -> list[FirstError]:
+    "Bisection on many solutions in lockstep: one `mc` batch per round."
+    res = [FirstError(None, {len(s): 1.0}, 0) if task.is_correct(p, "\n".join(s)) else None for p, s in items]
+    lo, hi = [0] * len(items), [len(s) for _, s in items]  # MC(lo) > 0 assumed (the problem is solvable), MC(hi) = 0
+    vals, n = [{len(s): 0.0} for _, s in items], [0] * len(items)
+    while act := [j for j in range(len(items)) if res[j] is None and hi[j] - lo[j] > 1]:
+        mids = [(lo[j] + hi[j]) // 2 for j in act]
+        for j, m, v in zip(act, mids, mc([(items[j][0], items[j][1][:m]) for j, m in zip(act, mids)])):
+            vals[j][m], n[j] = v, n[j] + k
+            if v > 0: lo[j] = m
+            else: hi[j] = m
+    return [r or FirstError(hi[j], vals[j], n[j]) for j, r in enumerate(res)]
+
+# %% ../nbs/22_learned_prm.ipynb #31714c16
+def first_error_binary_search(lm:LM|None, task:Task, problem,
+                              steps:list[str],        # A sampled solution, one step per item
+                              k:int=8,                # Rollouts per measured prefix
+                              mc:Callable|None=None,  # `mc(items) -> MC values`; None = `RolloutMC(lm, task, k, ...)`
+                              temperature:float=1.0, seed:int=0,
+                             ) -> FirstError:
+    "OmegaPRM's binary search for the first step whose prefix has MC 0, in O(k log L) rollouts."
+    check(len(steps) >= 1, "the solution has no step: nothing to search")
+    return _bisect(task, [(problem, steps)], mc or RolloutMC(lm, task, k, temperature, seed), k)[0]
+
+def first_error_scan(lm:LM|None, task:Task, problem, steps:list[str], k:int=8, mc:Callable|None=None,
+                     temperature:float=1.0, seed:int=0) -> FirstError:
+    "The Math-Shepherd baseline: MC of every proper prefix (k·(L−1) rollouts), then the first with MC 0."
+    check(len(steps) >= 1, "the solution has no step: nothing to search")
+    if task.is_correct(problem, "\n".join(steps)): return FirstError(None, {len(steps): 1.0}, 0)
+    ms = (mc or RolloutMC(lm, task, k, temperature, seed))([(problem, steps[:i]) for i in range(1, len(steps))])
+    vals = dict(zip(range(1, len(steps)), ms)) | {len(steps): 0.0}
+    return FirstError(min(i for i, v in vals.items() if v == 0), vals, k * (len(steps) - 1))
+
+# %% ../nbs/22_learned_prm.ipynb #b4ba651c
+def omega_labels(lm:LM, task:Task, problems:list,
+                 rollouts:int=8,         # k: completions per measured prefix
+                 temperature:float=1.0, seed:int=0, batch_size:int=256,
+                 quiet:bool=True,
+                 mc:Callable|None=None,  # MC function; None = `RolloutMC` with the policy
+                ) -> list[dict]:
+    "Sampled solutions labelled by OmegaPRM's binary search: steps up to the first error, `labels`, `mc`, `first_error`."
+    check(rollouts >= 1, f"rollouts must be ≥ 1, got {rollouts}")
+    exs = [(p, e) for p, e in zip(problems, sample_solutions(lm, task, problems, temperature, seed, batch_size)) if e["steps"]]
+    mc = mc or RolloutMC(lm, task, rollouts, temperature, derive_seed(seed, "rollouts"), batch_size)
+    for (p, e), fe in zip(exs, _bisect(task, [(p, e["steps"]) for p, e in exs], mc, rollouts)):
+        last = fe.step or len(e["steps"])
+        e["steps"], e["oracle"], e["first_error"], e["rollouts"] = e["steps"][:last], e["oracle"][:last], fe.step, fe.rollouts
+        e["mc"] = [fe.mc.get(i) for i in range(1, last + 1)]
+        pos = sorted(i for i, v in fe.mc.items() if v > 0)                # measured solvable prefixes
+        lab = lambda i: fe.mc[next(j for j in pos if j >= i)]             # the nearest one at or after step i
+        e["labels"] = [lab(i) for i in range(1, last)] + [0.0 if fe.step else lab(last)]
     return [e for _, e in exs]
 
 # %% ../nbs/22_learned_prm.ipynb #d2a1bbc7
@@ -198,16 +284,25 @@ def auroc(scores:list[float], # Higher = more likely positive
     if not pos or not neg: return None
     return float(mannwhitneyu(pos, neg).statistic) / (len(pos) * len(neg))
 
+# %% ../nbs/22_learned_prm.ipynb #53cb84f5
+def hard_labels(labels:list[float] # MC labels of one solution's steps (the last: its exact outcome)
+               ) -> list[float]:
+    "1 where this prefix or a later one of the same solution was completed (MC > 0), else 0."
+    out, done = [], 0.0
+    for y in reversed(labels): done = max(done, float(y > 0)); out.append(done)
+    return out[::-1]
+
 # %% ../nbs/22_learned_prm.ipynb #f400379b
-def _labels(lm:LM, task:Task, out_dir:Path, n_problems:int, rollouts:int, seed:int, quiet:bool) -> tuple[list[dict], bool]:
-    "MC labels from `out_dir/labels.jsonl` when made with the same settings, else freshly made and saved."
+def _labels(lm:LM, task:Task, out_dir:Path, n_problems:int, rollouts:int, seed:int, quiet:bool, kind:str="mc") -> tuple[list[dict], bool]:
+    "MC or OmegaPRM labels from `out_dir/labels.jsonl` when made with the same settings, else freshly made and saved."
     f, cfg_f = out_dir / "labels.jsonl", out_dir / "labels_config.json"
     cfg = {"task": task.name, "n_problems": n_problems, "rollouts": rollouts, "seed": seed, "policy": str(Path(lm.path).resolve())}
+    if kind != "mc": cfg["labels"] = kind  # older MC label files stay valid
     if f.exists():
         old = json.loads(cfg_f.read_text()) if cfg_f.exists() else None
         check(old == cfg, f"{f} was made with {old}, not {cfg}: delete it or use another out_dir")
         return [json.loads(l) for l in f.read_text().splitlines() if l.strip()], True
-    exs = mc_labels(lm, task, task.problems("train", n_problems, seed), rollouts, seed=seed, quiet=quiet)
+    exs = (mc_labels if kind == "mc" else omega_labels)(lm, task, task.problems("train", n_problems, seed), rollouts, seed=seed, quiet=quiet)
     tmp = f.with_suffix(".tmp")  # a kill never leaves half a label file
     tmp.write_text("".join(json.dumps(e) + "\n" for e in exs)); os.replace(tmp, f)
     cfg_f.write_text(json.dumps(cfg, indent=1))
@@ -226,16 +321,19 @@ def train_prm(policy_dir:str|Path,     # Policy whose samples are labelled and w
               quiet:bool=False,
               batch_size:int=32,       # Solutions per optimizer step
               n_eval:int=200,          # Validation-split problems for the AUROC
+              labels:str="mc",         # mc: Math-Shepherd MC of every step; omega: OmegaPRM binary search for the first error
+              hard:bool=False,         # Train on `hard_labels` (1 once a rollout completed this or a later prefix) instead of MC values
              ) -> dict:
     "Label train problems by MC rollouts, fine-tune a token-classification PRM, report held-out step AUROC."
     check(epochs >= 1, f"epochs must be ≥ 1, got {epochs}")
+    check(labels in ("mc", "omega"), f"unknown label source {labels!r}: use mc or omega")
     out_dir, t, t0 = Path(out_dir), get_task(task), time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     lm = load(policy_dir, device)
-    exs, reused = _labels(lm, t, out_dir, n_problems, rollouts, seed, quiet)
+    exs, reused = _labels(lm, t, out_dir, n_problems, rollouts, seed, quiet, labels)
     check(len(exs) > 0, "no sampled solution had a step: nothing to train on")
     label_s = time.time() - t0
-    data = encode_examples(lm.tokenizer, t, exs)
+    data = encode_examples(lm.tokenizer, t, [dict(e, labels=hard_labels(e["labels"])) for e in exs] if hard else exs)
     steps = epochs * math.ceil(len(data) / batch_size)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=max(1, min(100, steps // 10)), seed=seed,
                       log_every=max(1, min(50, steps // 10)))
@@ -247,7 +345,7 @@ def train_prm(policy_dir:str|Path,     # Policy whose samples are labelled and w
     tr_scores = prm.batch(t, [(t.from_record(e["problem"]), e["steps"]) for e in exs])
     flat = lambda xss: [x for xs in xss for x in xs]
     report = {"task": task, "policy": str(policy_dir), "n_problems": n_problems, "rollouts": rollouts, "epochs": epochs,
-              "lr": lr, "seed": seed, "batch_size": batch_size,
+              "lr": lr, "seed": seed, "batch_size": batch_size, "labels": labels, "hard": hard,
               "n_examples": len(exs), "n_steps": sum(len(e["steps"]) for e in exs),
               "rollouts_used": sum(e["rollouts"] for e in exs), "labels_reused": reused,
               "label_seconds": label_s, "train_seconds": run["seconds"], "train_steps": run["steps"],
@@ -262,22 +360,25 @@ def train_prm(policy_dir:str|Path,     # Policy whose samples are labelled and w
 
 # %% ../nbs/22_learned_prm.ipynb #776aca19
 PRMS = {"oracle": "exact solvability of every prefix", "noisy": "the oracle with flips and Gaussian noise",
+        "calibrated": "the oracle as a continuous score with a chosen step AUROC (CalibratedPRM)",
         "outcome": "final-answer check only", "learned": "token-classification PRM trained on MC labels (train_prm)",
         "self-eval": "the model judges each step: P(yes) to 'Is the above step correct?' (SelfEvalPRM)"}
 
-def get_prm(name:str,                # oracle, noisy, outcome, learned or self-eval
+def get_prm(name:str,                # oracle, noisy, calibrated, outcome, learned or self-eval
             task:Task|None=None,      # The task searched; the shipped learned PRM is for countdown only
             path:str|Path|None=None,  # Learned PRM directory; self-eval: a judge model (name or folder) other than `lm`
             flip:float=0.2,           # Noisy: label flip probability
             sigma:float=0.1,          # Noisy: Gaussian noise
-            seed:int=0,               # Noisy: seed of the noise
+            seed:int=0,               # Noisy, calibrated: seed of the noise
             device:str|None=None,     # Learned, or self-eval judge loaded from `path`: None = CUDA when present
             lm:LM|None=None,          # Self-eval: the loaded model that judges (the policy itself: nothing is loaded twice)
+            auroc:float=0.8,          # Calibrated: step-level AUROC of the scores against the oracle, in (0.5, 1)
            ) -> PRM:
     "Build the PRM called `name`."
     check(name in PRMS, f"unknown PRM {name!r}: use one of {', '.join(PRMS)}")
     if name == "oracle": return OraclePRM()
     if name == "noisy": return NoisyPRM(flip=flip, sigma=sigma, seed=seed)
+    if name == "calibrated": return CalibratedPRM(auroc=auroc, seed=seed)
     if name == "outcome": return OutcomePRM()
     if name == "self-eval":
         from workbench.self_eval_prm import SelfEvalPRM   # it imports nothing from here; loaded only when asked for

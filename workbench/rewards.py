@@ -5,11 +5,12 @@
 # %% ../nbs/21_rewards.ipynb #4c7fd5df
 from __future__ import annotations
 import math, random
+from scipy.stats import norm
 from .core import check, derive_seed
 from .tasks import Task
 
 # %% auto #0
-__all__ = ['AGGREGATIONS', 'PRM', 'OraclePRM', 'NoisyPRM', 'aggregate', 'OutcomePRM']
+__all__ = ['AGGREGATIONS', 'PRM', 'OraclePRM', 'NoisyPRM', 'CalibratedPRM', 'aggregate', 'OutcomePRM']
 
 # %% ../nbs/21_rewards.ipynb #2b6a83e3
 class PRM:
@@ -52,6 +53,28 @@ class NoisyPRM(PRM):
             rng = random.Random(derive_seed(self.seed, task.key(problem), *steps[:i + 1]))
             if rng.random() < self.flip: r = 1.0 - r
             out.append(min(1.0, max(0.0, r + rng.gauss(0, self.sigma))))
+        return out
+
+# %% ../nbs/21_rewards.ipynb #a011eb07
+class CalibratedPRM(PRM):
+    "The oracle label made a continuous score with a chosen step-level AUROC (Gaussian signal detection), fixed per prefix."
+    name = "calibrated"
+    def __init__(self, auroc:float=0.8, # Target AUROC of the step scores against the oracle label, in (0.5, 1)
+                 seed:int=0,            # Seed of the per-prefix noise
+                ):
+        super().__init__()
+        check(isinstance(auroc, (int, float)) and 0.5 < auroc < 1,
+              f"auroc must be a number with 0.5 < auroc < 1 (0.5 = chance, 1 = the oracle itself), got {auroc!r}")
+        self.auroc, self.seed, self.oracle = float(auroc), seed, OraclePRM()
+        self.mu = math.sqrt(2) * float(norm.ppf(self.auroc))  # distance between the class means in noise units
+
+    def __repr__(self): return f"CalibratedPRM(auroc={self.auroc}, seed={self.seed})"
+
+    def score(self, task, problem, steps):
+        out = []
+        for i, y in enumerate(self.oracle.score(task, problem, steps)):
+            z = random.Random(derive_seed(self.seed, task.key(problem), *steps[:i + 1])).gauss(0, 1)
+            out.append(0.5 * (1 + math.erf((self.mu * y + z - self.mu / 2) / math.sqrt(2))))  # Phi(x - mu/2)
         return out
 
 # %% ../nbs/21_rewards.ipynb #30c41e8d
