@@ -302,7 +302,7 @@ def emit_bench(res:dict, as_json:bool):
     out = []
     for k, v in res.items():
         if k.endswith("rows") and v and "algorithm" in v[0]:
-            extra = tuple(c for c in ("prm", "auroc", "reference_width", "lambda_c", "lambda_s") if c in v[0])   # the columns that tell rows apart
+            extra = tuple(c for c in ("prm", "auroc", "reference", "reference_width", "lambda_c", "lambda_s") if c in v[0])   # the columns that tell rows apart
             cols = ("accuracy", "accuracy_ci", "minus_reference", "minus_reference_ci", "flops") if "minus_reference" in v[0] else \
                    ("width", "accuracy", "accuracy_ci", "ledger.flops", "tokens_generated", "prm_calls", "kv_tokens_ets_metric",
                     "pool_peak_bytes", "naive_peak_bytes", "wall_s")

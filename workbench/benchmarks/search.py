@@ -19,8 +19,8 @@ from ..search.registry import SEARCHES, search_many
 from ..tasks import ArithmeticChain, Countdown
 
 # %% auto #0
-__all__ = ['PerPathGenerate', 'compute_of', 'correct_at', 'matched_compute', 'cost_to_reach', 'sweep', 'bench_search', 'claims',
-           'format_table', 'scaling_table']
+__all__ = ['QUALITY_ALGOS', 'PerPathGenerate', 'compute_of', 'correct_at', 'matched_compute', 'matched_pair', 'cost_to_reach',
+           'sweep', 'bench_search', 'claims', 'format_table', 'scaling_table']
 
 # %% ../../nbs/28_bench_search.ipynb #6b75b55c
 class PerPathGenerate:
@@ -97,6 +97,18 @@ def matched_compute(rows:list[dict], # Rows of several algorithms, several budge
                         "accuracy_ci": problem_seed_ci(v), "minus_reference": float(d.mean()), "minus_reference_ci": problem_seed_ci(d)})
     return out
 
+def matched_pair(rows:list[dict], name:str, reference:str, cost:str="flops") -> dict|None:
+    "`name` against `reference` at the highest compute both curves reach (a budget of either; never extrapolated), paired."
+    a, ref = ([r for r in rows if r["algorithm"] == x] for x in (name, reference))
+    if not a or not ref: return None
+    for c in sorted({compute_of(r, cost) for r in a + ref}, reverse=True):
+        va, vr = correct_at(a, c, cost), correct_at(ref, c, cost)
+        if va is None or vr is None: continue
+        d = va - vr
+        return {"algorithm": name, "reference": reference, cost: c, "accuracy": float(va.mean()), "accuracy_ci": problem_seed_ci(va),
+                "reference_accuracy": float(vr.mean()), "minus_reference": float(d.mean()), "minus_reference_ci": problem_seed_ci(d)}
+    return None
+
 # %% ../../nbs/28_bench_search.ipynb #fcea7758
 def _tokens_per_s(r:dict) -> float: return r["tokens_generated"] / r["wall_s"]
 
@@ -108,6 +120,8 @@ def cost_to_reach(rows:list[dict], target:float, cost:str="tokens_generated") ->
             if a0 < 0 or a1 == a0: return float(c1) if a0 < 0 or a0 < target else float(c0)
             return float(math.exp(math.log(c0) + (target - a0) / (a1 - a0) * (math.log(c1) - math.log(c0))))
     return None
+
+QUALITY_ALGOS = ("weighted-majority", "best-of-n", "beam", "rebase", "particle-filter")
 
 def sweep(setup, algos, budgets, seeds, log, label:str, **cfg) -> list[dict]:
     "Every algorithm at every budget, all seeds (paired), one row each; votes refused on the task are skipped."
@@ -154,13 +168,14 @@ def bench_search(quick:bool=False,     # Small settings: a few minutes on 2 CPU 
         rows += sweep(s, ["diverse-beam"], budgets[:1], seeds, log, "calibrated-0.8")
         ref = "weighted-majority" if key == "chain" else "best-of-n"
         res[f"{key}_rows"] = rows
-        res[f"{key}_matched_rows"] = matched_compute([r for r in rows if r["algorithm"] not in ("greedy", "diverse-beam")], ref)
+        names = dict.fromkeys(r["algorithm"] for r in rows if r["algorithm"] not in ("greedy", "diverse-beam"))
+        res[f"{key}_matched_rows"] = [m for a in names if (m := matched_pair(rows, a, ref)) is not None]
     # 2. accuracy against PRM quality at matched compute (chains: votes and searches both meaningful)
     quality = []
     for a in aurocs:
         cs.prm = get_prm("calibrated", task=chain, auroc=a, seed=seed)
-        rows = sweep(cs, ("weighted-majority", "best-of-n", "beam", "rebase", "particle-filter"), (budgets[0], budgets[-1]), seeds, log, f"calibrated-{a}")
-        quality += [{**r, "auroc": a} for r in matched_compute(rows, "weighted-majority") if r["reference_width"] == budgets[-1]]
+        rows = sweep(cs, QUALITY_ALGOS, (budgets[0], budgets[-1]), seeds, log, f"calibrated-{a}")
+        quality += [{**m, "auroc": a} for n_ in QUALITY_ALGOS if (m := matched_pair(rows, n_, "weighted-majority")) is not None]
     res["prm_quality_rows"] = quality
     # 3. the papers' claims, from the rows above
     res["claims"] = claims(res["chain_rows"], res["countdown_rows"], budgets)
@@ -181,8 +196,7 @@ def bench_search(quick:bool=False,     # Small settings: a few minutes on 2 CPU 
                 "pool_over_unique_limit_w16": b1["pool_peak_bytes"] / b1["unique_token_limit_bytes"],
                 "pool_over_unique_limit_w16_block16": b16["pool_peak_bytes"] / b16["unique_token_limit_bytes"],
                 "pool_over_naive_bytes_w16_block16": b16["pool_peak_bytes"] / b16["naive_peak_bytes"]})
-    m = [r for r in res["chain_matched_rows"] if r["reference_width"] == budgets[-1]]
-    beats = [r for r in m if r["algorithm"] in ("beam", "rebase") and r["minus_reference_ci"][0] > 0]
+    beats = [r for r in res["chain_matched_rows"] if r["algorithm"] in ("beam", "rebase") and r["minus_reference_ci"][0] > 0]
     res["targets"] = {
         "pool_over_naive_bytes_w16 <= 0.33": res["pool_over_naive_bytes_w16"] <= 0.33,
         "pool_over_unique_limit_w16 <= 1.05": res["pool_over_unique_limit_w16"] <= 1.05,
@@ -218,8 +232,7 @@ def claims(chain_rows:list[dict], countdown_rows:list[dict], budgets) -> dict:
             for other in ("best-of-n", "particle-filter"):
                 for cost in ("tokens_generated", "prm_calls"):
                     out[f"{task}_{other}_over_astar_{cost}"] = ratio(cost_to_reach(_curve(rows, other), best["accuracy"], cost), best[cost])
-        m = [r for r in matched_compute([r for r in rows if r["algorithm"] in ("beam", "mcts")], "beam") if r["algorithm"] == "mcts"]
-        out[f"{task}_mcts_minus_beam_at_matched_compute"] = [{k: r[k] for k in ("reference_width", "minus_reference", "minus_reference_ci")} for r in m]
+        out[f"{task}_mcts_vs_beam_at_matched_compute"] = matched_pair(rows, "mcts", "beam")
     return out
 
 # %% ../../nbs/28_bench_search.ipynb #68ef6920

@@ -9,7 +9,7 @@ from ..core import check
 from .core import Knob, Recorder, SearchConfig, SearchResult, SearchSpec, register_search
 
 # %% auto #0
-__all__ = ['HEURISTICS', 'path_cost', 'astar_cost', 'astar_decoding']
+__all__ = ['HEURISTICS', 'path_cost', 'astar_cost', 'remaining_cost', 'astar_decoding']
 
 # %% ../../nbs/27c_search_astar.ipynb #8dcc51cb
 def _cost(r:float, eps:float) -> float: return -math.log(min(1.0, max(eps, r)))
@@ -25,7 +25,14 @@ def astar_cost(step_scores:list[float], eps:float=1e-6) -> float:
         new = _cost(r, eps); g += max(0.0, new - h); h = new
     return g + h
 
-HEURISTICS = {"prm": astar_cost, "none": path_cost}
+def remaining_cost(step_scores:list[float], total_steps:int, # The task's step count of a full solution (`task.max_steps`)
+                   eps:float=1e-6) -> float:
+    "f = g + h: g = −Σ log r_i, h = (L − d) · g / d, the steps still to go priced at the path's mean step cost (depth-neutral)."
+    d, g = len(step_scores), path_cost(step_scores, eps)
+    return g + max(0, total_steps - d) * g / max(1, d)
+
+# every rule reads (step scores, steps of a full solution); only `remaining` uses the second
+HEURISTICS = {"remaining": remaining_cost, "prm": lambda s, L: astar_cost(s), "none": lambda s, L: path_cost(s)}
 
 # %% ../../nbs/27c_search_astar.ipynb #9094cff2
 def _check_astar(cfg:SearchConfig, k:dict):
@@ -39,7 +46,7 @@ class _Budget:
     "Generated tokens and PRM calls per problem, and whether one more expansion of `k` steps fits."
     def __init__(self, cfg:SearchConfig, n:int, k:int, max_tokens:int|None, max_prm_calls:int|None):
         self.cfg, self.k = cfg, k
-        self.max_tokens, self.max_prm = max_tokens or cfg.width * k * cfg.max_step_tokens, max_prm_calls or cfg.width * k
+        self.max_tokens, self.max_prm = max_tokens or cfg.width * k * cfg.max_step_tokens, max_prm_calls or math.inf
         self.tokens, self.prm = [0] * n, [0] * n
     def fits(self, i:int) -> bool:
         return self.tokens[i] + self.k * self.cfg.max_step_tokens <= self.max_tokens and self.prm[i] + self.k <= self.max_prm
@@ -49,9 +56,9 @@ class _Budget:
 # %% ../../nbs/27c_search_astar.ipynb #2ef26a83
 def astar_decoding(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
                    expand:int=4,             # k: steps sampled per popped state
-                   heuristic:str="prm",      # prm: f = g + h from the PRM (A*-decoding); none: uniform cost −Σ log r
+                   heuristic:str="remaining", # remaining: g = −Σ log r, h = steps to go × mean step cost; prm: h = −log r_n, g = its rises; none: uniform cost
                    max_tokens:int|None=None, # Generated tokens per problem; None = width · expand · max_step_tokens
-                   max_prm_calls:int|None=None, # PRM calls per problem; None = width · expand
+                   max_prm_calls:int|None=None, # PRM calls per problem; None = no cap (the token budget binds, as for best-of-N)
                    on_event=None) -> SearchResult:
     "A*-decoding: pop the cheapest partial solution, sample `expand` next steps, push; stop at the first complete pop."
     check(expand >= 1, f"expand (k) must be ≥ 1, got {expand}")
@@ -84,7 +91,7 @@ def astar_decoding(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
         for node, _ in requests: engine.release(node)
         flat = [ch for group in kids for ch in group]
         rec.score(flat); B.spend(flat); kept += len(flat)
-        for ch in flat: heapq.heappush(heaps[ch.problem], (f(ch.step_scores), -ch.depth, next(tie), ch))
+        for ch in flat: heapq.heappush(heaps[ch.problem], (f(ch.step_scores, task.max_steps(problems[ch.problem])), -ch.depth, next(tie), ch))
     return rec.result(roots, pops=pops, kept_nodes=kept, problem_tokens=B.tokens, problem_prm_calls=B.prm,
                       first_solution_tokens=first)
 
@@ -92,7 +99,7 @@ def astar_decoding(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
 register_search(SearchSpec("astar", astar_decoding,
                            "best-first on f = g + h from PRM scores, k samples per pop, first complete solution (A*-decoding)",
                            (Knob("expand", int, 4, "k: steps sampled per popped state", low=1),
-                            Knob("heuristic", str, "prm", "prm: f = g + h, h = -log PRM (A*-decoding); none: uniform cost -sum log PRM"),
+                            Knob("heuristic", str, "remaining", "remaining: g = -sum log PRM, h = steps to go x mean step cost; prm: h = -log PRM, g = its rises; none: uniform cost"),
                             Knob("max_tokens", int, None, "generated tokens per problem (default width·expand·max_step_tokens)", low=1),
-                            Knob("max_prm_calls", int, None, "PRM calls per problem (default width·expand)", low=1)),
+                            Knob("max_prm_calls", int, None, "PRM calls per problem (default: no cap; the token budget binds)", low=1)),
                            check=_check_astar, answer_rule=False))

@@ -15,9 +15,9 @@ __all__ = ['qstar']
 # %% ../../nbs/27f_search_qstar.ipynb #841fa4b5
 def qstar(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
           expand:int=4,             # k: candidate steps priced per materialised node
-          heuristic:str="prm",      # prm: g + Q = A*-decoding's f = g + h; none: uniform cost −Σ log r
+          heuristic:str="remaining", # As A*-decoding's (27c): remaining, prm or none
           max_tokens:int|None=None, # Generated tokens per problem; None = width · expand · max_step_tokens
-          max_prm_calls:int|None=None, # PRM calls per problem; None = width · expand
+          max_prm_calls:int|None=None, # PRM calls per problem; None = no cap (the token budget binds, as for best-of-N)
           on_event=None) -> SearchResult:
     "Q* search: pop the cheapest (node, candidate) pair, materialise that one child, price its candidates; stop at the first complete child."
     check(expand >= 1, f"expand (k) must be ≥ 1, got {expand}")
@@ -33,7 +33,7 @@ def qstar(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
             for n in grow: engine.release(n)                   # the candidates hold its KV from here on
             flat = [c for g in cands for c in g]
             rec.score(flat); B.spend(flat)
-            for c in flat: heapq.heappush(heaps[c.problem], (f(c.step_scores), -c.depth, next(tie), c))
+            for c in flat: heapq.heappush(heaps[c.problem], (f(c.step_scores, task.max_steps(problems[c.problem])), -c.depth, next(tie), c))
         grow = []
         for i in list(heaps):
             h = heaps[i]
@@ -55,7 +55,7 @@ def qstar(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
 register_search(SearchSpec("qstar", qstar,
                            "A* over (node, step) pairs priced in one PRM batch; one child made per pop, first complete solution (Q*)",
                            (Knob("expand", int, 4, "k: candidate steps priced per materialised node", low=1),
-                            Knob("heuristic", str, "prm", "prm: g + Q from the PRM (as A*-decoding's f); none: uniform cost"),
+                            Knob("heuristic", str, "remaining", "as astar's: remaining, prm or none"),
                             Knob("max_tokens", int, None, "generated tokens per problem (default width·expand·max_step_tokens)", low=1),
-                            Knob("max_prm_calls", int, None, "PRM calls per problem (default width·expand)", low=1)),
+                            Knob("max_prm_calls", int, None, "PRM calls per problem (default: no cap; the token budget binds)", low=1)),
                            check=_check_astar, answer_rule=False))
