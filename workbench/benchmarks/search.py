@@ -144,10 +144,12 @@ def bench_search(quick:bool=False,     # Small settings: a few minutes on 2 CPU 
                  seed:int=0, quiet:bool=True,
                  n:int|None=None,      # Problems per task; default 8 (quick) or 50
                  seeds:list[int]|None=None, # Search seeds (paired); default 3 seeds from `seed`
+                 aurocs:tuple[float,...]|None=None, # PRM AUROC levels of the quality table; default 3 (quick) or 5
                 ) -> dict:
     "Every algorithm on chains and Countdown at matched compute (paired seeds, intervals), accuracy vs PRM AUROC, the claims, engine speed."
     dev = pick_device(device)
-    n_default, budgets, aurocs = (8, (4, 8), (0.6, 0.8, 0.95)) if quick else (50, (4, 8, 16), (0.6, 0.7, 0.8, 0.9, 0.99))
+    n_default, budgets, levels = (8, (4, 8), (0.6, 0.8, 0.95)) if quick else (50, (4, 8, 16), (0.6, 0.7, 0.8, 0.9, 0.99))
+    aurocs = levels if aurocs is None else tuple(aurocs)
     n = n_default if n is None else n
     check(n >= 1, f"--n must be ≥ 1 (problems per task), got {n}")
     seeds = [seed, seed + 1, seed + 2] if seeds is None else list(seeds)
