@@ -9,7 +9,7 @@ from ..core import check
 from .core import Knob, Recorder, SearchConfig, SearchResult, SearchSpec, register_search
 
 # %% auto #0
-__all__ = ['HEURISTICS', 'path_cost', 'astar_cost', 'remaining_cost', 'astar_decoding']
+__all__ = ['HEURISTICS', 'ASTAR_KNOBS', 'path_cost', 'astar_cost', 'remaining_cost', 'astar_decoding']
 
 # %% ../../nbs/27c_search_astar.ipynb #8dcc51cb
 def _cost(r:float, eps:float) -> float: return -math.log(min(1.0, max(eps, r)))
@@ -96,10 +96,11 @@ def astar_decoding(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
                       first_solution_tokens=first)
 
 # %% ../../nbs/27c_search_astar.ipynb #066bf18e
+ASTAR_KNOBS = (Knob("expand", int, 4, "k: steps sampled (A*) or priced (Q*) per popped state", low=1),
+               Knob("heuristic", str, "remaining", "remaining: g = -sum log PRM, h = steps to go x mean step cost; prm: h = -log PRM, g = its rises; none: uniform cost"),
+               Knob("max_tokens", int, None, "generated tokens per problem (default width·expand·max_step_tokens)", low=1),
+               Knob("max_prm_calls", int, None, "PRM calls per problem (default: no cap; the token budget binds)", low=1))
+
 register_search(SearchSpec("astar", astar_decoding,
                            "best-first on f = g + h from PRM scores, k samples per pop, first complete solution (A*-decoding)",
-                           (Knob("expand", int, 4, "k: steps sampled per popped state", low=1),
-                            Knob("heuristic", str, "remaining", "remaining: g = -sum log PRM, h = steps to go x mean step cost; prm: h = -log PRM, g = its rises; none: uniform cost"),
-                            Knob("max_tokens", int, None, "generated tokens per problem (default width·expand·max_step_tokens)", low=1),
-                            Knob("max_prm_calls", int, None, "PRM calls per problem (default: no cap; the token budget binds)", low=1)),
-                           check=_check_astar, answer_rule=False))
+                           ASTAR_KNOBS, check=_check_astar, answer_rule=False))

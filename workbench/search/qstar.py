@@ -6,8 +6,8 @@
 from __future__ import annotations
 import heapq, itertools
 from ..core import check
-from .core import Knob, Recorder, SearchConfig, SearchResult, SearchSpec, register_search
-from .astar import HEURISTICS, _Budget, _check_astar
+from .core import Recorder, SearchConfig, SearchResult, SearchSpec, register_search
+from .astar import ASTAR_KNOBS, HEURISTICS, _Budget, _check_astar
 
 # %% auto #0
 __all__ = ['qstar']
@@ -54,8 +54,4 @@ def qstar(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
 # %% ../../nbs/27f_search_qstar.ipynb #ec031eee
 register_search(SearchSpec("qstar", qstar,
                            "A* over (node, step) pairs priced in one PRM batch; one child made per pop, first complete solution (Q*)",
-                           (Knob("expand", int, 4, "k: candidate steps priced per materialised node", low=1),
-                            Knob("heuristic", str, "remaining", "as astar's: remaining, prm or none"),
-                            Knob("max_tokens", int, None, "generated tokens per problem (default width·expand·max_step_tokens)", low=1),
-                            Knob("max_prm_calls", int, None, "PRM calls per problem (default: no cap; the token budget binds)", low=1)),
-                           check=_check_astar, answer_rule=False))
+                           ASTAR_KNOBS, check=_check_astar, answer_rule=False))
