@@ -69,7 +69,9 @@ def peak_memory(fn,                           # Called with no arguments
     return out, torch.cuda.max_memory_allocated(dev) - base
 
 # %% ../../nbs/28b_bench_engine.ipynb #4ce6800f
-def _seed(generator:torch.Generator|None) -> int: return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+def _seed(generator:torch.Generator|None, seed:int|None=None) -> int:
+    "A seed for `generate`'s global stream: the search's seed for this draw when it gives one (reproducible, not paired row by row)."
+    return seed % 2**31 if seed is not None else int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
 
 def _sampling(temperature:float, top_p:float) -> dict:
     "`generate` keywords of the engine's sampler: temperature and top-p, no top-k; greedy at temperature 0."
@@ -98,12 +100,12 @@ class _Peer(PerPathGenerate):
 class PerPathPeer(_Peer):
     "`PerPathGenerate` (one `generate` per child over its whole path), honouring `stop_ids` as well."
     @torch.no_grad()
-    def expand(self, requests, temperature=1.0, top_p=1.0, max_step_tokens=24, stop_ids=None, generator=None):
+    def expand(self, requests, temperature=1.0, top_p=1.0, max_step_tokens=24, stop_ids=None, generator=None, seeds=None):
         stops, out = self._stops(stop_ids), []
-        for node, k in requests:
+        for r, (node, k) in enumerate(requests):
             path, kids = torch.tensor([self._path(node)], device=self.lm.device), []
-            for _ in range(k):
-                torch.manual_seed(_seed(generator))
+            for j in range(k):
+                torch.manual_seed(_seed(generator, seeds and seeds[r][j]))
                 ids = self.model.generate(input_ids=path, attention_mask=torch.ones_like(path), **_sampling(temperature, top_p),
                                           max_new_tokens=max_step_tokens, eos_token_id=sorted(stops),
                                           pad_token_id=self.tok.pad_token_id)[0, path.shape[1]:].tolist()
@@ -116,12 +118,12 @@ class PerPathPeer(_Peer):
 class BatchedGenerate(_Peer):
     "One left-padded batched `generate` per `expand` over every requested row, each re-prefilling its whole path."
     @torch.no_grad()
-    def expand(self, requests, temperature=1.0, top_p=1.0, max_step_tokens=24, stop_ids=None, generator=None):
+    def expand(self, requests, temperature=1.0, top_p=1.0, max_step_tokens=24, stop_ids=None, generator=None, seeds=None):
         rows = [n for n, k in requests for _ in range(k)]
         if not rows: return [[] for _ in requests]
         stops = self._stops(stop_ids)
         batch = self.tok.pad({"input_ids": [self._path(n) for n in rows]}, padding=True, return_tensors="pt").to(self.lm.device)
-        torch.manual_seed(_seed(generator))
+        torch.manual_seed(_seed(generator, seeds and seeds[0][0]))
         out = self.model.generate(**batch, **_sampling(temperature, top_p), max_new_tokens=max_step_tokens,
                                   eos_token_id=sorted(stops), pad_token_id=self.tok.pad_token_id)
         out = out[:, batch["input_ids"].shape[1]:]                 # (rows, new tokens), finished rows padded
@@ -133,13 +135,13 @@ class BatchedGenerate(_Peer):
 class GenerateNumReturnSequences(_Peer):
     "Per requested node one `generate(num_return_sequences=k)`: the node's k children in one call."
     @torch.no_grad()
-    def expand(self, requests, temperature=1.0, top_p=1.0, max_step_tokens=24, stop_ids=None, generator=None):
+    def expand(self, requests, temperature=1.0, top_p=1.0, max_step_tokens=24, stop_ids=None, generator=None, seeds=None):
         stops, out = self._stops(stop_ids), []
-        for node, k in requests:
+        for r, (node, k) in enumerate(requests):
             if k == 0: out.append([]); continue
             path = torch.tensor([self._path(node)], device=self.lm.device)
             if temperature == 0: path, k = path.expand(k, -1), 1   # greedy refuses num_return_sequences > 1: the same rows
-            torch.manual_seed(_seed(generator))
+            torch.manual_seed(_seed(generator, seeds and seeds[r][0]))
             ids = self.model.generate(input_ids=path, attention_mask=torch.ones_like(path), **_sampling(temperature, top_p),
                                       num_return_sequences=k, max_new_tokens=max_step_tokens, eos_token_id=sorted(stops),
                                       pad_token_id=self.tok.pad_token_id)[:, path.shape[1]:]  # (k, new tokens)
@@ -207,14 +209,14 @@ def _run_here(self:ContinuousBatching, inputs:list[list[int]], max_new_tokens:in
 
 @patch
 @torch.no_grad()
-def expand(self:ContinuousBatching, requests, temperature=1.0, top_p=1.0, max_step_tokens=24, stop_ids=None, generator=None):
+def expand(self:ContinuousBatching, requests, temperature=1.0, top_p=1.0, max_step_tokens=24, stop_ids=None, generator=None, seeds=None):
     "Sample child steps: every row one request of one continuous-batching run."
     rows = [n for n, k in requests for _ in range(k)]
     if not rows: return [[] for _ in requests]
     stops = self._stops(stop_ids)
     self.prepare(temperature, top_p, stops, max_step_tokens)
     inputs = [self._path(n) for n in rows]
-    torch.manual_seed(_seed(generator))                      # its sampler draws from the global generator
+    torch.manual_seed(_seed(generator, seeds and seeds[0][0]))   # its sampler draws from the global generator
     if self.in_thread: res = self._run_here(inputs, max_step_tokens)
     else: res = list(self.model.generate_batch(inputs, generation_config=self._gc, persistent_manager=True, warmup=False,
                                                max_new_tokens=max_step_tokens).values())
