@@ -87,7 +87,7 @@ def test_astar_heuristic_spends_fewer_tokens_to_a_solution():
     s = search_setup("countdown-policy", "learned", TASK, probs, width=16, device="cpu")
     out = {}
     for h in ("prm", "none"):
-        c = run(s, "astar", width=16, heuristic=h).counters
+        c = run(s, "astar", width=16, heuristic=h, max_prm_calls=16 * 4).counters   # a PRM-call cap too (the default has none)
         assert max(c["problem_tokens"]) <= 16 * 4 * 24 and max(c["problem_prm_calls"]) <= 16 * 4
         first = c["first_solution_tokens"]
         # a problem that ends without a complete pop counts with everything it spent

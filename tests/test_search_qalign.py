@@ -150,8 +150,8 @@ def test_registry_guards_qalign(countdown):
 def test_chain_policy_through_registry():
     from workbench.experiment import search_setup
     from workbench.tasks import ArithmeticChain
-    probs = ArithmeticChain().problems("test", 4, seed=0)
-    s = search_setup(CHAIN_POLICY, "oracle", "chain", probs, width=8, device="cpu")
+    probs = ArithmeticChain().problems("hard", 4, seed=0)      # the policy slips there, and a graded reward tells chains apart
+    s = search_setup(CHAIN_POLICY, "calibrated", "chain", probs, width=8, device="cpu", auroc=0.8)
     res = s.run("qalign", SearchConfig(width=8, seed=0), beta=0.5)
     assert 0 < res.counters["acceptance_rate"] < 1 and res.knobs == {"beta": 0.5, "burn_in": 0}
     assert len(res.answers) == 4 and not s.engine.live
