@@ -12,7 +12,7 @@ from fastcore.basics import patch
 import numpy as np, torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
-from .core import WorkbenchError, check, check_fits, pick_device
+from .core import WorkbenchError, check, check_fits, n_params, pick_device
 from .models import LM
 
 
@@ -280,7 +280,7 @@ class Engine:
         self.share_prefix = True    # False: every row reads its whole path alone (for ablations; same results)
         self._buffer_bytes, self._transient_now, self._cuda_base = 0, 0, 0
         embed = self.model.get_input_embeddings().weight.numel()
-        self._layer_params = sum(p.numel() for p in self.model.parameters()) - embed  # matmul weights a token passes (+ norms)
+        self._layer_params = n_params(self.model) - embed  # matmul weights a token passes (+ norms)
         if not getattr(cfg, "tie_word_embeddings", False): self._layer_params -= self.model.get_output_embeddings().weight.numel()
 
     def __repr__(self): return f"Engine({self.lm!r}, {self.pool!r}, {len(self.live)} live nodes)"

@@ -9,14 +9,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field, asdict
 from typing import Callable
 import numpy as np
-from ..core import WorkbenchError, check, derive_seed
+from ..core import WorkbenchError, check, derive_seed, n_params
 from ..engine import Engine, Node, add_event, ets_kv_metric
 from ..rewards import PRM, aggregate
 from ..tasks import Task
 
 # %% auto #0
-__all__ = ['LEDGER', 'Select', 'SEARCHES', 'SearchConfig', 'choose_answer', 'SearchResult', 'answer_rule', 'Recorder',
-           'step_search', 'Knob', 'SearchSpec', 'register_search']
+__all__ = ['Select', 'SEARCHES', 'SearchConfig', 'choose_answer', 'SearchResult', 'answer_rule', 'Recorder', 'step_search',
+           'Knob', 'SearchSpec', 'register_search']
 
 # %% ../../nbs/23_search.ipynb #7aeb08b5
 @dataclass(frozen=True)
@@ -78,8 +78,6 @@ class SearchResult:
 def answer_rule(cfg:SearchConfig, task:Task) -> str:
     "The answer rule in effect: `cfg.answer`, else weighted where the answer is hidden and best where the prompt states it."
     return cfg.answer or ("best" if getattr(task, "answer_in_prompt", False) else "weighted")
-
-LEDGER = ("prefill_tokens", "decode_tokens", "prm_tokens", "model_calls", "flops", "seconds")
 
 class Recorder:
     "The shared bookkeeping of a search: events, the compute ledger, finished trajectories and the final result."
@@ -185,7 +183,7 @@ class Recorder:
         d = lambda k: getattr(self.engine.stats, k, 0) - self.stats0.get(k, 0)
         prm_tokens = self.prm_tokens() - self.prm0[1]
         prm_model = getattr(self.prm, "model", None)      # a learned PRM: 2 FLOPs per parameter per token it reads
-        prm_flops = 2 * sum(p.numel() for p in prm_model.parameters()) * prm_tokens if prm_model is not None else 0
+        prm_flops = 2 * n_params(prm_model) * prm_tokens if prm_model is not None else 0
         return {"prefill_tokens": d("prefill_tokens"), "decode_tokens": d("decode_tokens"), "prm_tokens": prm_tokens,
                 "model_calls": d("model_calls"), "flops": d("flops") + prm_flops, "seconds": time.time() - self.t0}
 
