@@ -11,7 +11,7 @@ import typer
 from .cli import bench_app
 
 # %% auto #0
-__all__ = ['bench_engine_cmd']
+__all__ = ['bench_engine_cmd', 'bench_kernels_cmd']
 
 # %% ../nbs/98a_cli_bench.ipynb #58214066
 @bench_app.command("engine")
@@ -25,4 +25,16 @@ def bench_engine_cmd(quick:bool=typer.Option(False, "--quick", help="Width 16, o
     from workbench.benchmarks.engine import bench_engine, format_bench
     res = bench_engine(quick=quick, device=device, model=model, task=task, n=n, memory=memory, seed=seed, quiet=False)
     print(format_bench(res), file=sys.stderr if as_json else sys.stdout)
+    if as_json: print(json.dumps(res))
+
+# %% ../nbs/98a_cli_bench.ipynb #3ccc65d3
+@bench_app.command("kernels")
+def bench_kernels_cmd(quick:bool=typer.Option(False, "--quick", help="5 rounds per layer, 24 new tokens, 2 decode passes (< 3 min on 2 CPU cores)"),
+                      threads:Optional[int]=typer.Option(None, help="torch threads for the whole run (default: as set now, e.g. by OMP_NUM_THREADS)"),
+                      model:str=typer.Option("smollm2-135m-instruct", help="The model decoded end to end"),
+                      device:Optional[str]=None, as_json:bool=typer.Option(False, "--json")):
+    "fp32, bf16 and packed int4 / int8 linears (nbs/38a): per-layer latency, end-to-end greedy decode tokens/s, targets."
+    from workbench.benchmarks.kernels import bench_kernels, format_kernels
+    res = bench_kernels(quick=quick, model=model, device=device, threads=threads, quiet=False)
+    print(format_kernels(res), file=sys.stderr if as_json else sys.stdout)
     if as_json: print(json.dumps(res))

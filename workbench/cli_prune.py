@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 import typer
-from .cli import app, bench_app, emit, emit_bench
+from .cli import app, bench_app, emit, emit_bench, refuse
 from .core import atomic_dir, check
 
 # %% auto #0
@@ -50,8 +50,15 @@ def prune_cmd(model_dir:Path=typer.Argument(..., help="Model directory"),
 
 # %% ../nbs/94_cli_prune.ipynb #7264b3db
 @bench_app.command("prune")
-def bench_prune_cmd(quick:bool=typer.Option(False, "--quick", help="Small settings (< 2 minutes on 2 CPU cores)"),
+def bench_prune_cmd(quick:bool=typer.Option(False, "--quick", help="Small settings (< 2 minutes on 2 CPU cores with the text LM; < 10 with a fetched model)"),
+                    model:Optional[str]=typer.Option(None, help="A fetched model (smollm2-135m-instruct): its pruning table with KL and top-1; default the text LM's full benchmark"),
+                    eval_tokens:Optional[int]=typer.Option(None, help="Evaluation tokens on a fetched model (default 8,192 quick, else 32,768)"),
                     device:Optional[str]=None, seed:int=0, as_json:bool=typer.Option(False, "--json")):
     "Every pruning method at 0.1…0.7 and 2:4 / 4:8, structured savings, policy accuracy at 50 %, lottery tickets, targets."
-    from workbench.benchmarks.prune import bench_prune
-    emit_bench(bench_prune(quick=quick, device=device, seed=seed, quiet=False), as_json)
+    from workbench.benchmarks.prune import bench_prune, bench_prune_model
+    if eval_tokens is not None and eval_tokens < 1024: refuse(f"--eval-tokens must be at least 1024 (two windows of 512), got {eval_tokens}")
+    if model is not None:
+        from workbench.fetch import MODELS
+        if model not in MODELS: refuse(f"--model must be a fetched model ({', '.join(MODELS)}); the shipped text LM is the default")
+        emit_bench(bench_prune_model(model, quick=quick, device=device, seed=seed, quiet=False, eval_tokens=eval_tokens), as_json)
+    else: emit_bench(bench_prune(quick=quick, device=device, seed=seed, quiet=False), as_json)

@@ -4,11 +4,11 @@
 
 # %% ../nbs/93_cli_quant.ipynb #f7c592a3
 from __future__ import annotations
-import json
+import json, sys
 from pathlib import Path
 from typing import Optional
 import typer
-from .cli import app, bench_app, emit
+from .cli import app, bench_app, emit, refuse
 from contextlib import nullcontext
 from .core import atomic_dir, check
 
@@ -57,18 +57,28 @@ def quantize_cmd(model_dir:Path=typer.Argument(..., help="Model directory"),
 
 # %% ../nbs/93_cli_quant.ipynb #20e37de6
 @bench_app.command("quant")
-def bench_quant_cmd(quick:bool=typer.Option(False, help="16 eval windows, 8 calibration windows, fewer rows (< 2 min)"),
-                    model_dir:Optional[Path]=typer.Option(None, help="Model directory; default data/models/text-lm"),
+def bench_quant_cmd(quick:bool=typer.Option(False, help="RTN/AWQ/GPTQ W4, int8 and the peers on 8,192 tokens, 16 calibration windows (< 10 min on 2 cores)"),
+                    model:Optional[str]=typer.Option(None, "--model", "--model-dir", help="A fetched model (smollm2-135m-instruct), a shipped name or a model directory; default text-lm"),
+                    eval_tokens:Optional[int]=typer.Option(None, help="Evaluation tokens (default 8,192 quick; 32,768 on a fetched model; the whole held-out split on text-lm)"),
+                    group:Optional[int]=typer.Option(None, help="Group size (default the largest of 128/64/32 dividing every width)"),
+                    only:Optional[str]=typer.Option(None, help="Comma-separated row-label prefixes to run, e.g. 'rtn W4,gptq'"),
+                    zero_shot:Optional[str]=typer.Option(None, help="Harness tasks scored on the float / RTN / AWQ / GPTQ W4 rows, e.g. hellaswag,arc-easy,piqa"),
+                    zero_shot_n:int=typer.Option(200, help="Documents per zero-shot task"),
                     latency:bool=typer.Option(True, help="Also time a packed int4 linear against fp16 (CUDA only)"),
                     threads:Optional[int]=typer.Option(None, help="torch CPU threads"),
                     seed:int=0, device:Optional[str]=None, as_json:bool=typer.Option(False, "--json")):
-    "RTN, AWQ, GPTQ, SqueezeLLM, NF4, FP8, FP4 and peer libraries on one model: ppl, bits and bytes in one table."
+    "RTN, AWQ, GPTQ, SqueezeLLM, NF4, FP8, FP4, MX formats and peer libraries on one model: ppl, KL, top-1 with intervals, bits and bytes."
     from workbench.benchmarks.quant import bench_quant, format_quant_table, linear_latency
     from workbench.models import quiet_transformers
-    if model_dir is not None:
+    if eval_tokens is not None and eval_tokens < 1024: refuse(f"--eval-tokens must be at least 1024 (two windows of 512), got {eval_tokens}")
+    if group is not None and group not in (16, 32, 64, 128, 256): refuse(f"--group must be one of 16, 32, 64, 128, 256, got {group}")
+    if model is not None and ("/" in model or Path(model).exists()):
         from workbench.models import check_model_dir
-        check_model_dir(model_dir)
-    with quiet_transformers(): res = bench_quant(quick, model_dir, device, seed, threads)
+        check_model_dir(model)
+    with quiet_transformers():
+        res = bench_quant(quick, model, device, seed, threads, quiet=False, eval_tokens=eval_tokens, group=group,
+                          only=tuple(s.strip() for s in only.split(",")) if only else None,
+                          zero_shot_tasks=tuple(s.strip() for s in zero_shot.split(",")) if zero_shot else (), zero_shot_n=zero_shot_n)
     res["latency"] = linear_latency() if latency else {"skipped": "--no-latency"}
+    print(format_quant_table(res), file=sys.stderr if as_json else sys.stdout)
     if as_json: print(json.dumps(res))
-    else: print(format_quant_table(res))

@@ -30,7 +30,7 @@ class KVPool:
                  dtype:torch.dtype=torch.float32, # The model's dtype
                  device:str|torch.device|None=None, # None = CUDA when present
                  kv_bits:int|None=None,       # None = store in `dtype`; 16 = fp16; 8 / 4 = integer codes with per-token scales
-                 key_axis:str="token",        # Quantized keys: "token", or "channel" (per-channel pre-scaling, see below)
+                 key_axis:str="token",        # Quantized keys: "token", or "channel" (KIVI: per channel over each block of tokens)
                 ):
         check(capacity_tokens >= 1, f"capacity_tokens must be ≥ 1, got {capacity_tokens}")
         check(block_size >= 1, f"block_size must be ≥ 1, got {block_size}")
@@ -38,6 +38,8 @@ class KVPool:
         check(kv_bits in (None, 16, 8, 4), f"kv_bits must be None, 16, 8 or 4, got {kv_bits}")
         check(key_axis in ("token", "channel"), f"key_axis must be 'token' or 'channel', got {key_axis!r}")
         check(kv_bits != 4 or head_dim % 2 == 0, f"4-bit KV packs two values per byte: head_dim must be even, got {head_dim}")
+        self.channel = key_axis == "channel" and kv_bits in (8, 4)   # keys grouped per channel over a block's tokens
+        check(not self.channel or block_size >= 2, f"key_axis='channel' groups keys over a block's tokens: block_size must be ≥ 2, got {block_size}")
         self.dtype, self.kv_bits, self.key_axis, self.head_dim = dtype, kv_bits, key_axis, head_dim
         elem = head_dim * kv_bits // 8 + 4 if kv_bits in (8, 4) else head_dim * (2 if kv_bits == 16 else dtype.itemsize)
         check_fits(2 * layers * self.n_blocks * kv_heads * block_size * elem, device, f"a KV pool of {self.n_blocks * block_size} tokens",
@@ -45,10 +47,16 @@ class KVPool:
         shape, dev = (layers, kv_heads, self.n_blocks * block_size), pick_device(device)  # slot = block · block_size + offset
         if kv_bits in (8, 4):                      # codes (head_dim·bits/8 bytes) + fp16 scale and minimum per token and head
             self.k = torch.zeros(shape + (head_dim * kv_bits // 8,), dtype=torch.uint8, device=dev)
-            self.k_scale, self.k_min = (torch.zeros(shape, dtype=torch.float16, device=dev) for _ in range(2))
-            self.v_scale, self.v_min = torch.zeros_like(self.k_scale), torch.zeros_like(self.k_scale)
-            self.k_channel = [None] * layers       # per layer (kv_heads, head_dim), set by its first write when key_axis="channel"
+            self.v_scale, self.v_min = (torch.zeros(shape, dtype=torch.float16, device=dev) for _ in range(2))
+            kshape = (layers, kv_heads, self.n_blocks, head_dim) if self.channel else shape  # channel: per block and channel
+            self.k_scale, self.k_min = (torch.zeros(kshape, dtype=torch.float16, device=dev) for _ in range(2))
         else: self.k = torch.zeros(shape + (head_dim,), dtype=torch.float16 if kv_bits == 16 else dtype, device=dev)
+        if self.channel:    # the newest keys of a block wait in full precision until the block is full (KIVI's residual)
+            self.k_res = torch.zeros(layers, kv_heads, 0, head_dim, dtype=dtype, device=dev)   # grown by whole blocks
+            self.res_of = torch.full((self.n_blocks,), -1, dtype=torch.long, device=dev)       # block -> its residual block
+            self.sealed = torch.zeros(layers, self.n_blocks, dtype=torch.bool, device=dev)    # the layer's keys of the block are codes
+            self._res, self._sealed = np.full(self.n_blocks, -1), np.zeros((layers, self.n_blocks), bool)  # host copies of the two
+            self.res_free, self.res_peak = [], 0
         self.v = torch.zeros_like(self.k)
         self.refs = np.zeros(self.n_blocks, dtype=np.int64)
         self.free = list(range(self.n_blocks - 1, -1, -1))  # a stack: pop() hands out low block ids first
@@ -57,21 +65,36 @@ class KVPool:
     @property
     def capacity_tokens(self) -> int: return self.n_blocks * self.block_size
     @property
-    def bytes_per_token(self) -> int:
-        "K and V bytes of one token: 2 × layers × kv_heads × (head_dim × element size [+ 4 B of fp16 scale and minimum])."
+    def bytes_per_token(self) -> int|float:
+        "K and V bytes of one token: 2 × layers × kv_heads × (codes [+ 4 B of fp16 scale and minimum]); channel keys: 4 B per channel and block."
         layers, heads, _, dim = self.k.shape
-        return 2 * layers * heads * (dim * self.k.element_size() + (4 if self.kv_bits in (8, 4) else 0))
+        code = dim * self.k.element_size()
+        if not self.channel: return 2 * layers * heads * (code + (4 if self.kv_bits in (8, 4) else 0))
+        per_block = layers * heads * ((2 * code + 4) * self.block_size + 4 * self.head_dim)   # value scales per token, key scales per block
+        return per_block // self.block_size if per_block % self.block_size == 0 else per_block / self.block_size
+    @property
+    def residual_bytes(self) -> int:
+        "Bytes of one residual block: full-precision keys of `block_size` tokens, every layer (key_axis='channel')."
+        return self.k_res[:, :, :self.block_size].numel() * self.k_res.element_size() if self.channel else 0
     @property
     def allocated_bytes(self) -> int:
         "Bytes of the preallocated tensors (the whole capacity), what the pool really holds."
         ts = [self.k, self.v] + ([self.k_scale, self.k_min, self.v_scale, self.v_min] if self.kv_bits in (8, 4) else [])
-        return sum(t.numel() * t.element_size() for t in ts)
+        return sum(t.numel() * t.element_size() for t in ts + ([self.k_res] if self.channel else []))
     @property
     def used_blocks(self) -> int: return self.n_blocks - len(self.free)
     @property
-    def used_bytes(self) -> int: return self.used_blocks * self.block_size * self.bytes_per_token
+    def res_used(self) -> int:
+        "Residual blocks held by blocks in use (key_axis='channel')."
+        return int(((self._res >= 0) & (self.refs > 0)).sum()) if self.channel else 0
     @property
-    def peak_bytes(self) -> int: return self.peak_blocks * self.block_size * self.bytes_per_token
+    def used_bytes(self) -> int:
+        "Bytes of the blocks in use, plus the residual full-precision keys of blocks not yet full (key_axis='channel')."
+        return self.used_blocks * self.block_size * self.bytes_per_token + self.res_used * self.residual_bytes
+    @property
+    def peak_bytes(self) -> int:
+        "Most bytes in use: peak blocks (+ the residual's own peak, an upper bound when the two peaks differ in time)."
+        return self.peak_blocks * self.block_size * self.bytes_per_token + (self.res_peak * self.residual_bytes if self.channel else 0)
     def __repr__(self): return f"KVPool({self.used_blocks}/{self.n_blocks} blocks of {self.block_size} tokens, {self.bytes_per_token} B/token)"
 
 
@@ -121,6 +144,16 @@ def _kv_dequantize(q:torch.Tensor, s:torch.Tensor, lo:torch.Tensor, bits:int) ->
     if bits == 4: q = torch.stack([q & 15, q >> 4], -1).flatten(-2)
     return q.float() * s.float()[..., None] + lo.float()[..., None]
 
+def _kv_quantize_channels(x:torch.Tensor, bits:int # (..., tokens, head_dim) float: one group of tokens
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "KIVI keys: codes (..., tokens, head_dim·bits/8) with one fp16 scale and minimum per channel (..., head_dim) over the group's tokens."
+    lo, hi = x.amin(-2).half(), x.amax(-2).half()
+    s = ((hi.float() - lo.float()) / (2 ** bits - 1)).half()
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    q = torch.round((x.float() - lo.float()[..., None, :]) / s.float()[..., None, :]).clamp(0, 2 ** bits - 1).to(torch.uint8)
+    if bits == 4: q = q[..., 0::2] | (q[..., 1::2] << 4)             # packed along head_dim, as per-token codes
+    return q, s, lo
+
 
 # %% ../nbs/20_engine.ipynb #a3281932
 @patch
@@ -139,11 +172,10 @@ def write(self:KVPool, layer:int, slots:torch.Tensor, # Slots (n,)
     slots = slots.to(self.k.device)
     if self.kv_bits not in (8, 4):
         self.k[layer].index_copy_(1, slots, k.to(self.k.dtype)); self.v[layer].index_copy_(1, slots, v.to(self.v.dtype)); return
-    if self.key_axis == "channel":
-        if self.k_channel[layer] is None: self.k_channel[layer] = k.float().abs().amax(1).clamp(min=1e-4)  # (kv_heads, head_dim)
-        k = k.float() / self.k_channel[layer][:, None]
-    for x, codes, scale, lo in ((k, self.k, self.k_scale, self.k_min), (v, self.v, self.v_scale, self.v_min)):
+    pairs = [(v, self.v, self.v_scale, self.v_min)] + ([] if self.channel else [(k, self.k, self.k_scale, self.k_min)])
+    for x, codes, scale, lo in pairs:
         for t, y in zip((codes, scale, lo), _kv_quantize(x, self.kv_bits)): t[layer].index_copy_(1, slots, y)
+    if self.channel: self._write_keys(layer, slots, k)
 
 @patch
 def read(self:KVPool, layer:int, slots:torch.Tensor, # Slots of any shape S
@@ -151,9 +183,7 @@ def read(self:KVPool, layer:int, slots:torch.Tensor, # Slots of any shape S
     "Keys and values of one layer at `slots`, each (kv_heads, *S, head_dim) in the model's dtype."
     take = lambda t: t[layer].index_select(1, slots.flatten()).view(t.shape[1], *slots.shape, *t.shape[3:])  # faster than t[layer][:, slots]
     if self.kv_bits not in (8, 4): return take(self.k).to(self.dtype), take(self.v).to(self.dtype)
-    k = _kv_dequantize(take(self.k), take(self.k_scale), take(self.k_min), self.kv_bits)
-    if self.key_axis == "channel" and self.k_channel[layer] is not None:
-        k = k * self.k_channel[layer].view(k.shape[0], *[1] * (k.dim() - 2), -1)
+    k = self._read_keys(layer, slots) if self.channel else _kv_dequantize(take(self.k), take(self.k_scale), take(self.k_min), self.kv_bits)
     v = _kv_dequantize(take(self.v), take(self.v_scale), take(self.v_min), self.kv_bits)
     return k.to(self.dtype), v.to(self.dtype)
 
@@ -162,8 +192,63 @@ def copy(self:KVPool, src:torch.Tensor, dst:torch.Tensor # Slots (n,) each
         ):
     "Copy the stored tokens at `src` to `dst`, every layer (copy-on-write of a shared partial block)."
     src, dst = src.to(self.k.device), dst.to(self.k.device)
-    ts = [self.k, self.v] + ([self.k_scale, self.k_min, self.v_scale, self.v_min] if self.kv_bits in (8, 4) else [])
+    if self.channel:                                   # keys go through the residual (and are sealed when a block fills)
+        for l in range(self.k.shape[0]): self._write_keys(l, dst, self._read_keys(l, src))
+        ts = [self.v, self.v_scale, self.v_min]
+    else: ts = [self.k, self.v] + ([self.k_scale, self.k_min, self.v_scale, self.v_min] if self.kv_bits in (8, 4) else [])
     for t in ts: t[:, :, dst] = t[:, :, src]
+
+
+# %% ../nbs/20_engine.ipynb #95836c94
+@patch
+def _res_take(self:KVPool) -> int:
+    "A free residual block; blocks freed while partial give theirs back first, then the store doubles."
+    if not self.res_free:
+        idle = np.nonzero((self._res >= 0) & (self.refs == 0))[0]
+        self.res_free = self._res[idle].tolist(); self._res[idle] = -1; self.res_of[torch.from_numpy(idle).to(self.res_of.device)] = -1
+    if not self.res_free:
+        L, H, n, D = self.k_res.shape; n //= self.block_size; g = max(n, 4)
+        self.k_res = torch.cat([self.k_res, self.k_res.new_zeros(L, H, g * self.block_size, D)], 2)
+        self.res_free = list(range(n + g - 1, n - 1, -1))
+    return self.res_free.pop()
+
+@patch
+def _write_keys(self:KVPool, layer:int, slots:torch.Tensor, k:torch.Tensor # Slots (n,), keys (kv_heads, n, head_dim)
+               ):
+    "KIVI keys: into each block's full-precision residual; a block whose last slot is written is quantized per channel over its tokens."
+    bs, sl = self.block_size, slots.cpu().numpy()
+    blk, off = sl // bs, sl % bs
+    for b in np.unique(blk[(off == 0) | (self._res[blk] < 0)]):   # a block starts (again): its keys wait in the residual
+        check(off[blk == b].min() == 0 or not self._sealed[layer, b], f"block {b}: keys written after it was quantized")
+        self._sealed[layer, b] = False; self.sealed[layer, b] = False
+        if self._res[b] < 0: self._res[b] = r = self._res_take(); self.res_of[b] = r
+    self.res_peak = max(self.res_peak, self.res_used)
+    rows = torch.from_numpy(self._res[blk] * bs + off).to(self.k_res.device)
+    self.k_res[layer].index_copy_(1, rows, k.to(self.k_res.dtype))
+    full = np.unique(blk[off == bs - 1])                           # complete groups: quantize per channel, free the residual
+    if len(full):
+        at = torch.from_numpy((self._res[full][:, None] * bs + np.arange(bs)).ravel()).to(self.k_res.device)
+        x = self.k_res[layer].index_select(1, at).view(self.k_res.shape[1], len(full), bs, -1)   # (kv_heads, blocks, bs, D)
+        q, s, lo = _kv_quantize_channels(x.float(), self.kv_bits)
+        fb = torch.from_numpy(full).to(self.k.device)
+        self.k[layer].index_copy_(1, (fb[:, None] * bs + torch.arange(bs, device=fb.device)).flatten(), q.flatten(1, 2))
+        self.k_scale[layer].index_copy_(1, fb, s); self.k_min[layer].index_copy_(1, fb, lo)
+        self._sealed[layer, full] = True; self.sealed[layer, fb] = True
+        done = full[self._sealed[:, full].all(0)]
+        self.res_free += self._res[done].tolist(); self._res[done] = -1; self.res_of[torch.from_numpy(done).to(self.res_of.device)] = -1
+
+@patch
+def _read_keys(self:KVPool, layer:int, slots:torch.Tensor) -> torch.Tensor:
+    "KIVI keys at `slots` (any shape S), (kv_heads, *S, head_dim) float32: dequantized codes, or the residual where a block is not full."
+    bs, H = self.block_size, self.k.shape[1]
+    blk = slots // bs
+    by_block = lambda t: t[layer].index_select(1, blk.flatten()).view(H, *slots.shape, -1)      # (kv_heads, *S, head_dim)
+    q = self.k[layer].index_select(1, slots.flatten()).view(H, *slots.shape, -1)
+    if self.kv_bits == 4: q = torch.stack([q & 15, q >> 4], -1).flatten(-2)
+    k = q.float() * by_block(self.k_scale).float() + by_block(self.k_min).float()
+    if self.k_res.shape[2] == 0: return k
+    r = self.k_res[layer].index_select(1, (self.res_of[blk].clamp(min=0) * bs + slots % bs).flatten()).view(H, *slots.shape, -1)
+    return torch.where(self.sealed[layer][blk][None, ..., None], k, r.float())
 
 
 # %% ../nbs/20_engine.ipynb #3266c98e

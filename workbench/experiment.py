@@ -11,7 +11,7 @@ from .core import check
 from .corpus import corpus_dir, read_text_split
 
 # %% auto #0
-__all__ = ['TextSetup', 'text_setup', 'pool_tokens', 'SearchSetup', 'search_setup', 'search']
+__all__ = ['TextSetup', 'text_setup', 'compression_setup', 'pool_tokens', 'SearchSetup', 'search_setup', 'search']
 
 # %% ../nbs/18_experiment.ipynb #d8d02648
 @dataclass
@@ -22,6 +22,8 @@ class TextSetup:
     calib: list = field(repr=False)            # Calibration windows (1-D token ids), train split
     context: int = 256             # Window length of both
     corpus: Path|None = None       # The corpus directory
+    eval_text: str|None = None     # Real passages evaluated on instead of the corpus' held-out split (lambada, boolq)
+    calib_text: str|None = None    # Real passages calibrated on instead of the corpus' train split
 
     def perplexity(self, model=None, quiet:bool=True):
         "Perplexity of `model` (default: the loaded one) on the held-out tokens, non-overlapping windows."
@@ -32,9 +34,11 @@ class TextSetup:
     def convention(self) -> dict:
         "How the perplexity is measured, for report headers and JSON output."
         n = len(self.eval_ids) - 1
-        return dict(metric="perplexity", dataset=self.corpus.name if self.corpus else None, split="heldout", context=self.context,
+        return dict(metric="perplexity", dataset=self.eval_text or (self.corpus.name if self.corpus else None),
+                    split="passages" if self.eval_text else "heldout", context=self.context,
                     stride=self.context, windows=n // self.context, tokens=n // self.context * (self.context - 1),
-                    calib_windows=len(self.calib), calib_len=self.context)
+                    calib_windows=len(self.calib), calib_len=len(self.calib[0]) if self.calib else 0,
+                    calib_dataset=self.calib_text or (self.corpus.name if self.corpus else None))
 
 def text_setup(model:str|Path="text-lm",   # A model directory or shipped name
                eval_windows:int|None=None, # Held-out windows of `context` tokens; None = the whole split
@@ -44,6 +48,9 @@ def text_setup(model:str|Path="text-lm",   # A model directory or shipped name
                seed:int=0,                 # Seed of the calibration windows' places
                corpus:str|Path|None=None,  # Corpus directory with train.txt / heldout.txt; None = the shipped docstrings
                eval_tokens:int|None=None,  # Instead of `eval_windows`: this many held-out tokens (plus one)
+               eval_text:str|None=None,    # Real passages to evaluate on instead of the corpus: lambada | boolq (fetched data)
+               calib_text:str|None=None,   # Real passages to calibrate on instead of the corpus' train split: boolq | lambada
+               calib_len:int|None=None,    # Calibration window length; None = `context`
               ) -> TextSetup:
     "Load a text LM with its held-out evaluation stream and calibration windows, as every compression experiment does."
     from workbench.models import load
@@ -52,12 +59,28 @@ def text_setup(model:str|Path="text-lm",   # A model directory or shipped name
     check(eval_windows is None or eval_windows >= 1, f"eval_windows must be ≥ 1 (or None for all), got {eval_windows}")
     check(calib_windows >= 0, f"calib_windows must be ≥ 0, got {calib_windows}")
     corpus = Path(corpus) if corpus is not None else corpus_dir()
+    check(eval_text is None or eval_text != calib_text, f"evaluation and calibration text are both {eval_text!r}: use two different sets")
     lm = load(model, device)
-    ids = lm.tokenizer(read_text_split(corpus, "heldout"), add_special_tokens=False)["input_ids"]
+    if eval_text or calib_text: from workbench.harness import text_passages
+    heldout = "\n\n".join(text_passages(eval_text)) if eval_text else read_text_split(corpus, "heldout")
+    train = "\n\n".join(text_passages(calib_text)) if calib_text else read_text_split(corpus, "train")
+    ids = lm.tokenizer(heldout, add_special_tokens=False)["input_ids"]
     n = eval_tokens if eval_tokens is not None else (eval_windows * context if eval_windows else len(ids) - 1)
     check(context < n <= len(ids) - 1, f"the held-out split has {len(ids) - 1} tokens to score; asked for {n} (context {context})")
-    calib = calib_from_text(lm.tokenizer, read_text_split(corpus, "train"), calib_windows, context, seed) if calib_windows else []
-    return TextSetup(lm, torch.tensor(ids[:n + 1]), calib, context, corpus)
+    calib = calib_from_text(lm.tokenizer, train, calib_windows, calib_len or context, seed) if calib_windows else []
+    return TextSetup(lm, torch.tensor(ids[:n + 1]), calib, context, corpus, eval_text, calib_text)
+
+# %% ../nbs/18_experiment.ipynb #a97b7f04
+def compression_setup(model:str|Path="text-lm",  # A fetched model name, a shipped name or a model directory
+                      eval_tokens:int|None=None, # Evaluation tokens; None = 32,768 on a fetched model, the whole held-out split otherwise
+                      calib_windows:int=32,      # Calibration windows of 256 tokens
+                      device:str|None=None, seed:int=0) -> TextSetup:
+    "`text_setup` with the compression benchmarks' convention for the model at hand."
+    from workbench.fetch import MODELS
+    if str(model) in MODELS:      # a real model: real text, scored on LAMBADA, calibrated on another corpus (BoolQ)
+        return text_setup(model, eval_tokens=eval_tokens or 32768, calib_windows=calib_windows, context=512, calib_len=256,
+                          device=device, seed=seed, eval_text="lambada", calib_text="boolq")
+    return text_setup(model, eval_tokens=eval_tokens, calib_windows=calib_windows, context=256, device=device, seed=seed)
 
 # %% ../nbs/18_experiment.ipynb #5e7a0002
 def pool_tokens(prompt_tokens:list[int],  # Prompt length of each problem in tokens (<bos> included)

@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 from .core import check, check_positions
 
 # %% auto #0
-__all__ = ['pass_at_k', 'problem_seed_ci', 'Perplexity', 'perplexity']
+__all__ = ['pass_at_k', 'problem_seed_ci', 'Perplexity', 'perplexity', 'ReferenceScores', 'reference_scores', 'window_ci',
+           'compare_to_reference']
 
 # %% ../nbs/15_metrics.ipynb #56fac4af
 def pass_at_k(n:int, # Samples drawn
@@ -76,3 +77,76 @@ def perplexity(model, ids:torch.Tensor|list[int], # The token stream (1-D)
             f = 0 if s == 0 else first
             nll += tok_nll[j, f:].sum().item(); count += tok_nll.shape[1] - f
     return Perplexity(math.exp(nll / count), nll / count, count, len(starts), context, stride)
+
+# %% ../nbs/15_metrics.ipynb #2dea36e3
+@dataclass
+class ReferenceScores:
+    "A reference model's per-token view of a token stream (non-overlapping windows), kept to compare other models with."
+    ids: torch.Tensor       # (windows, context) token windows
+    nll: torch.Tensor       # (windows, context-1) the reference's token NLL
+    top_ids: torch.Tensor   # (windows, context-1, k) its k most likely next tokens
+    top_logp: torch.Tensor  # (windows, context-1, k) their log-probabilities
+    @property
+    def context(self) -> int: return self.ids.shape[1]
+    @property
+    def tokens(self) -> int: return self.nll.numel()
+
+def _windows(ids, context:int) -> torch.Tensor:
+    ids = torch.as_tensor(ids).flatten()
+    check(context >= 2, f"context must be ≥ 2 tokens, got {context}")
+    check(len(ids) >= context, f"text too short: {len(ids)} tokens for one window of {context}")
+    n = len(ids) // context
+    return ids[: n * context].reshape(n, context)
+
+@torch.no_grad()
+def _logprobs(model, ids:torch.Tensor, batch_size:int, quiet:bool, desc:str):
+    "Yield (window rows, log-probs (B, context-1, V)) batch by batch."
+    check_positions(model, ids.shape[1], "the context", "use a shorter context")
+    dev = next(model.parameters()).device
+    for i in tqdm(range(0, len(ids), batch_size), desc=desc, disable=quiet):
+        x = ids[i:i + batch_size].to(dev)
+        yield slice(i, i + len(x)), torch.log_softmax(model(input_ids=x).logits[:, :-1].float(), -1)
+
+def reference_scores(model, ids:torch.Tensor|list[int], # The token stream (1-D)
+                     context:int=512,      # Window length in tokens (non-overlapping windows; the tail is dropped)
+                     k:int=128,            # Top-k log-probs kept per token
+                     batch_size:int=4, quiet:bool=True) -> ReferenceScores:
+    "Score the stream with the reference (uncompressed) model, keeping what `compare_to_reference` needs."
+    W = _windows(ids, context)
+    nll = torch.empty(len(W), context - 1); top_ids = torch.empty(len(W), context - 1, k, dtype=torch.int32)
+    top_logp = torch.empty(len(W), context - 1, k)
+    for rows, logp in _logprobs(model, W, batch_size, quiet, "reference"):
+        x = W[rows].to(logp.device)
+        nll[rows] = -logp.gather(-1, x[:, 1:, None])[..., 0].cpu()
+        v, j = logp.topk(k, -1); top_logp[rows] = v.cpu(); top_ids[rows] = j.int().cpu()
+    return ReferenceScores(W, nll, top_ids, top_logp)
+
+# %% ../nbs/15_metrics.ipynb #0d597aa6
+def window_ci(values, seed:int=0, n_boot:int=2000, level:float=0.95) -> list[float]:
+    "Percentile bootstrap interval of the mean of per-window values (windows resampled)."
+    v = np.asarray(values, float)
+    idx = np.random.default_rng(seed).integers(0, len(v), (n_boot, len(v)))
+    lo, hi = np.quantile(v[idx].mean(1), [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
+
+@torch.no_grad()
+def compare_to_reference(model, ref:ReferenceScores, batch_size:int=4, seed:int=0, quiet:bool=True) -> dict:
+    "Perplexity, paired ΔNLL, KL(reference ‖ model) and top-1 agreement on the reference's windows, with 95 % intervals."
+    n = len(ref.ids)
+    nll, kl, top1 = torch.empty(n), torch.empty(n), torch.empty(n)
+    for rows, logq in _logprobs(model, ref.ids, batch_size, quiet, "compare"):
+        x = ref.ids[rows].to(logq.device)
+        nll[rows] = -logq.gather(-1, x[:, 1:, None])[..., 0].mean(-1).cpu()
+        p_logp = ref.top_logp[rows].to(logq.device)
+        q_logp = logq.gather(-1, ref.top_ids[rows].to(logq.device).long())
+        p_tail = (1 - p_logp.exp().sum(-1)).clamp_min(1e-12); q_tail = (1 - q_logp.exp().sum(-1)).clamp_min(1e-12)
+        tok_kl = (p_logp.exp() * (p_logp - q_logp)).sum(-1) + p_tail * (p_tail.log() - q_tail.log())
+        kl[rows] = tok_kl.clamp_min(0).mean(-1).cpu()
+        top1[rows] = (logq.argmax(-1) == ref.top_ids[rows, :, 0].to(logq.device)).float().mean(-1).cpu()
+    base = ref.nll.mean(-1)
+    nll_ci = window_ci(nll, seed)
+    return dict(ppl=math.exp(nll.mean().item()), ppl_ci=[math.exp(v) for v in nll_ci], nll=nll.mean().item(),
+                ref_ppl=math.exp(base.mean().item()),
+                delta_nll=(nll - base).mean().item(), delta_nll_ci=window_ci(nll - base, seed),
+                kl=kl.mean().item(), kl_ci=window_ci(kl, seed), top1=top1.mean().item(), top1_ci=window_ci(top1, seed),
+                tokens=ref.tokens, windows=n, context=ref.context)

@@ -6,11 +6,11 @@ papers' targets as booleans with their numbers."""
 
 # %% ../../nbs/48_bench_prune.ipynb #18b6ff41
 from __future__ import annotations
-import copy, random, sys, time
+import copy, json, math, random, sys, time
 import torch
 from ..core import pick_device
 from ..evaluate import complete
-from ..experiment import text_setup
+from ..experiment import compression_setup, text_setup
 from ..metrics import perplexity
 from ..models import load
 from ..prune.api import prune
@@ -19,7 +19,8 @@ from ..prune.lottery import lottery
 from ..tasks import get_task
 
 # %% auto #0
-__all__ = ['METHOD_ROWS', 'NM_METHODS', 'ppl_table', 'semi_structured_timing', 'bench_prune', 'targets']
+__all__ = ['METHOD_ROWS', 'NM_METHODS', 'REAL_ROWS', 'ppl_table', 'semi_structured_timing', 'bench_prune', 'targets',
+           'bench_prune_model']
 
 # %% ../../nbs/48_bench_prune.ipynb #333f709d
 METHOD_ROWS = {"magnitude": dict(method="magnitude"), "magnitude-global": dict(method="magnitude", scope="global"),
@@ -162,3 +163,49 @@ def targets(res:dict, sparsities) -> dict:
     t[f"ticket keeps dense accuracy ({dense:.3f}, within 1 pt) up to {best:.1%} sparsity; at some sparsity >= 80% where "
       f"random re-init does not ({where})"] = bool(win)
     return t
+
+# %% ../../nbs/48_bench_prune.ipynb #2ea547e0
+REAL_ROWS = ("magnitude", "wanda", "sparsegpt", "dsnot", "random")
+
+def bench_prune_model(model:str, quick:bool=False, device:str|None=None, seed:int=0, quiet:bool=True,
+                      eval_tokens:int|None=None) -> dict:
+    "Pruning methods at 50–70 % and 2:4 on a fetched model: ppl, ΔNLL, KL and top-1 against the dense model, with intervals."
+    from workbench.metrics import compare_to_reference, reference_scores
+    t_start = time.time(); dev = pick_device(device)
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    setup = compression_setup(model, eval_tokens or (8192 if quick else None), 16 if quick else 64, str(dev), seed)
+    lm, cal = setup.lm, setup.calib
+    ref = reference_scores(lm.model, setup.eval_ids, 512, quiet=quiet)
+    dense = compare_to_reference(lm.model, ref, seed=seed)
+    log(f"dense ppl {dense['ppl']:.3f}")
+    methods = ("magnitude", "wanda", "sparsegpt") if quick else REAL_ROWS
+    plan = [(m, PruneConfig(m, s, seed=seed)) for s in ((0.5, 0.6) if quick else (0.5, 0.6, 0.7)) for m in methods]
+    plan += [(m, PruneConfig(m, pattern="2:4", seed=seed)) for m in (("wanda", "sparsegpt") if quick else ("magnitude", "wanda", "sparsegpt"))]
+    try:                                           # OWL: layer-wise sparsities from outlier ratios (where available)
+        from workbench.prune.scores import owl_sparsities
+        if not quick: plan += [("owl-wanda", ("owl", s)) for s in (0.6, 0.7)]
+    except ImportError: pass
+    rows = []
+    for label, cfg in plan:
+        m = copy.deepcopy(lm.model); t = time.time()
+        if isinstance(cfg, tuple):
+            ratios = owl_sparsities(m, cfg[1], cal)
+            cfg = {n: PruneConfig("wanda", s, seed=seed) for n, s in ratios.items()}
+        rep = prune(m, cfg, calib=cal); dt = time.time() - t
+        c = compare_to_reference(m, ref, seed=seed); tot = rep.totals(); params = sum(math.prod(l.shape) for l in rep.layers)
+        r = dict(method=label, pattern=cfg.pattern if isinstance(cfg, PruneConfig) else "unstructured", sparsity=round(tot["sparsity"], 4),
+                 ppl=c["ppl"], ppl_ci=c["ppl_ci"], delta_nll=c["delta_nll"], delta_nll_ci=c["delta_nll_ci"], kl=c["kl"], kl_ci=c["kl_ci"],
+                 top1=c["top1"], top1_ci=c["top1_ci"], stored_bytes_per_param=tot["dense_bytes"] / params,
+                 csr_bytes_per_param=tot["csr_bytes"] / params, prune_s=dt)
+        rows.append(r); log(json.dumps(r))
+    p = {(r["method"], r["pattern"], round(r["sparsity"], 1)): r["ppl"] for r in rows}
+    get = lambda m, s: p.get((m, "unstructured", s))
+    t = {}
+    if get("wanda", .5) and get("magnitude", .5):
+        t[f"wanda 50% ppl < 0.8 x magnitude 50% ppl ({get('wanda', .5):.2f} vs {0.8 * get('magnitude', .5):.2f})"] = get("wanda", .5) < 0.8 * get("magnitude", .5)
+    if get("sparsegpt", .6) and get("wanda", .6):
+        t[f"sparsegpt 60% ppl <= wanda 60% ppl ({get('sparsegpt', .6):.2f} vs {get('wanda', .6):.2f})"] = get("sparsegpt", .6) <= get("wanda", .6)
+    return {"model": model, "device": str(dev), "quick": quick, "baseline_ppl": dense["ppl"], "baseline_ppl_ci": dense["ppl_ci"],
+            "convention": {**setup.convention, "windows": dense["windows"], "tokens": dense["tokens"]},
+            "baseline_note": f"{model}'s weights are a dequantized 4-bit GGUF converted to float", "rows": rows, "targets": t,
+            "seconds": time.time() - t_start}

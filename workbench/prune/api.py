@@ -13,7 +13,7 @@ from ..models import n_params
 from .core import (PruneConfig, PruneReport, STRUCTURED, global_masks, layer_report, mask_from_scores,
                                   prunable_linears, pruner)
 from .structured import prune_structured, structured_counts
-from ..quant.calib import InputStats, as_batches, calib_forward, find_blocks
+from ..quant.calib import BlockStream, InputStats, as_batches, calib_forward, find_blocks
 
 
 # %% auto #0
@@ -89,10 +89,15 @@ def prune(model:nn.Module, config:PruneConfig|dict, # One config, or {name patte
     W0 = {n: lin[n].weight.detach().clone() for n in assign}
     try:
         _weight_only(lin, assign)
-        stats = {}
-        for stop, names in (_units(model, assign) if samples is not None else []):
+        stats, units = {}, (_units(model, assign) if samples is not None else [])
+        # blocks run one at a time on streamed hidden states (L block passes, not L²/2 model passes)
+        stream = BlockStream(model, samples, batch_size) if units and units[0][0] is not None else None
+        for stop, names in units:
             st = {n: InputStats(lin[n].in_features, hessian=True, device=lin[n].weight.device) for n in names}
-            calib_forward(model, {n: lin[n] for n in names}, samples, lambda n, x: st[n].add(x), stop, batch_size)
+            if stop is not None and stream:
+                while stream.blocks[stream.index] is not stop: stream.advance()
+                stream.run({n: lin[n] for n in names}, lambda n, x: st[n].add(x))
+            else: calib_forward(model, {n: lin[n] for n in names}, samples, lambda n, x: st[n].add(x), stop, batch_size)
             for n in names:
                 if assign[n].needs_calib: lin[n].weight.copy_(pruner(assign[n].method).prune_layer(lin[n].weight, assign[n], st[n]))
             stats.update(st)                                  # pruned blocks feed the next block's inputs

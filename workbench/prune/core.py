@@ -40,11 +40,12 @@ class Pruner:
     nm: bool = True                    # Supports N:M patterns
     structured: bool = False           # Scores whole heads / MLP channels too
     joint_bits: bool = False           # Can quantize the kept weights in the same pass (`bits`)
+    inits: tuple[str, ...] = ()        # Initial masks it refines (`init`); the first is the default
 
 PRUNERS: dict[str, Pruner] = {}
 
 def register_pruner(name:str, needs_calib:bool, doc:str, **fields) -> Pruner:
-    "Register the pruning method `name` (fields: scores or prune_layer, scopes, nm, structured, joint_bits)."
+    "Register the pruning method `name` (fields: scores or prune_layer, scopes, nm, structured, joint_bits, inits)."
     check((fields.get("scores") is None) != (fields.get("prune_layer") is None), f"pruner {name!r} needs one of scores, prune_layer")
     PRUNERS[name] = p = Pruner(name, needs_calib, doc, **fields)
     return p
@@ -66,7 +67,7 @@ def _names(pred) -> str: return ", ".join(n for n, p in pruners().items() if pre
 @dataclass(frozen=True)
 class PruneConfig:
     "What to prune and how; validated at construction."
-    method:str = "magnitude"       # A registered method: magnitude | random | lamp | wanda | sparsegpt | dsnot (Wanda mask refined by DSnoT)
+    method:str = "magnitude"       # A registered method: magnitude | random | lamp | wanda | sparsegpt | dsnot (a mask refined by DSnoT)
     sparsity:float|None = None     # Fraction of zeros in [0, 1); None = 1 - N/M for an N:M pattern
     pattern:str = "unstructured"   # unstructured | N:M (e.g. 2:4, 4:8) | heads | channels
     scope:str|None = None          # layer | global (magnitude); None = global for lamp, else layer
@@ -74,6 +75,7 @@ class PruneConfig:
     block_size:int = 128           # SparseGPT: columns per lazy-update block
     damp:float = 0.01              # SparseGPT: λ = damp · mean(diag H)
     seed:int = 0                   # Random masks
+    init:str|None = None           # DSnoT: the mask it refines, wanda (default) | magnitude | sparsegpt
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -102,6 +104,10 @@ class PruneConfig:
         check(self.bits is None or p.joint_bits, f"bits (joint quantization) is for {_names(lambda q: q.joint_bits)} only, not {self.method}")
         check(self.bits is None or 2 <= self.bits <= 8, f"bits must be in 2..8, got {self.bits}")
         check(self.block_size >= 1 and 0 < self.damp < 1, "need block_size ≥ 1 and 0 < damp < 1")
+        check(self.init is None or self.init in p.inits,
+              f"init (the mask to refine) is for {_names(lambda q: q.inits)} with {' | '.join(p.inits) or '-'}, not {self.method} with {self.init!r}"
+              if not p.inits else f"{self.method} refines a {' | '.join(p.inits)} mask, not {self.init!r}")
+        if p.inits: set_("init", self.init or p.inits[0])
 
     @property
     def nm(self) -> tuple[int, int]|None: return parse_nm(self.pattern)

@@ -5,14 +5,16 @@ refinement (`compression.md` §8.1–8.3, §8.8)."""
 
 # %% ../../nbs/41_prune_scores.ipynb #4e4faf7e
 from __future__ import annotations
-import torch
-from ..core import derive_seed
-from .core import mask_from_scores, register_pruner
-from ..quant.calib import InputStats
+import numpy as np, torch
+from ..core import check, derive_seed
+from .core import mask_from_scores, prunable_linears, register_pruner
+from ..quant.calib import InputStats, as_batches, calib_forward, find_blocks
+from ..quant.gptq import drop_dead_inputs, inverse_hessian_factor
 
 
 # %% auto #0
-__all__ = ['magnitude_scores', 'random_scores', 'wanda_scores', 'lamp_scores', 'dsnot']
+__all__ = ['magnitude_scores', 'random_scores', 'wanda_scores', 'lamp_scores', 'dsnot', 'dsnot_config', 'owl_outlier_ratios',
+           'owl_ratios', 'owl_sparsities']
 
 # %% ../../nbs/41_prune_scores.ipynb #c2e55c31
 def magnitude_scores(W:torch.Tensor) -> torch.Tensor:
@@ -40,40 +42,70 @@ def lamp_scores(W:torch.Tensor) -> torch.Tensor:
     return out.reshape(W.shape)
 
 # %% ../../nbs/41_prune_scores.ipynb #f0ff6473
+def _reorder(c:torch.Tensor) -> torch.Tensor:
+    "The reference's `return_reorder_indice`: per row, the places of the negative entries in order, then the positive ones reversed."
+    at = torch.arange(c.shape[1], device=c.device, dtype=torch.float64).expand(c.shape)
+    pos = torch.where(c > 0, at, torch.inf).sort(1).values.flip(1)
+    neg = torch.where(c < 0, at, torch.inf).sort(1).values
+    return (pos.nan_to_num(posinf=0) + neg.nan_to_num(posinf=0)).long()
+
 @torch.no_grad()
-def dsnot(W:torch.Tensor,      # (rows, d_in) dense weight
-          keep:torch.Tensor,   # Initial keep mask (e.g. Wanda's)
-          stats:InputStats,    # Calibration statistics of the layer's inputs
-          max_cycles:int=50,   # Swaps per row at most
-          power:float=1.0,     # Growth criterion divides by Var[x_j]^power
+def dsnot(W:torch.Tensor,             # (rows, d_in) dense weight
+          keep:torch.Tensor,          # Initial keep mask, the same count in every row (Wanda's, magnitude's, …)
+          stats:InputStats,           # Calibration statistics of the layer's inputs
+          max_cycles:int=50,          # Swaps per row at most (reference: --max_cycle_time 50)
+          update_threshold:float=0.1, # A row stops once |e| ≤ this (reference: --update_threshold 0.1)
+          power:float=1.0,            # The grow order divides c by Var[x_j]^power (reference: --pow_of_var_regrowing 1)
+          same_sign:bool=False,       # Also stop a row whose swap would flip the sign of e (reference: off)
+          seqlen:int=2048,            # Tokens per calibration sample that x̄_j sums over (reference: model.seqlen 2048)
          ) -> torch.Tensor:
-    "DSnoT's refined keep mask (same count per row)."
-    W, keep = W.detach().float(), keep.clone()
-    c = W * stats.mean[None, :]                                     # W_ij E[x_j]
-    wanda = W.abs() * stats.norm[None, :]
-    grow_metric = c.abs() / stats.var.clamp_min(1e-8)[None, :] ** power
-    e = (c * ~keep).sum(1)
-    rows = torch.arange(len(W), device=W.device)
+    "DSnoT's refined keep mask, as the reference `prune_DSnoT` (defaults: 50 cycles, threshold 0.1, Var^1, no sign test)."
+    W, keep0 = W.detach().float(), keep.bool()
+    rows, cols = W.shape
+    nk = keep0.sum(1)
+    check(bool((nk == nk[0]).all()), "dsnot refines a per-row mask: every row must keep the same number of weights")
+    nk, r, keep = int(nk[0]), torch.arange(rows, device=W.device), keep0.clone()
+    c = W * (stats.mean * seqlen)[None, :]                            # each weight's share of the sample's output
+    grow = torch.where(keep0, torch.zeros_like(c), c)
+    e = grow.sum(1)                                                   # expected error of each row: Σ_pruned c
+    sign0 = torch.sign(e)
+    if power: grow = grow / stats.var.clamp_min(1e-20)[None, :] ** power
+    grow_order = torch.sort(grow, dim=1, stable=True).indices
+    kept = torch.sort(torch.where(keep0, W.abs() * stats.norm[None, :], torch.inf), dim=1, stable=True).indices[:, :nk]
+    prune_order = kept.gather(1, _reorder(c.gather(1, kept)))
+    ends = lambda n: torch.stack([torch.zeros(rows, dtype=torch.long), torch.full((rows,), n - 1)], 1).to(W.device)
+    gp, pp, step = ends(cols), ends(nk), torch.tensor([1, -1], device=W.device)   # next from the front / the back
+    live = torch.ones(rows, dtype=torch.bool, device=W.device)
     for _ in range(max_cycles):
-        sg = torch.sign(e)[:, None]
-        g = torch.where(~keep & (sg * c > 0), grow_metric, -torch.inf)
-        gi = g.argmax(1); ok = torch.isfinite(g[rows, gi])
-        e_new = e - c[rows, gi]
-        cand = keep & ((e_new[:, None] + c).abs() <= e.abs()[:, None])
-        p = torch.where(cand, wanda, torch.inf)
-        pi = p.argmin(1); ok &= torch.isfinite(p[rows, pi])
-        if not ok.any(): break
-        r = rows[ok]
-        keep[r, gi[ok]] = True; keep[r, pi[ok]] = False
-        e[ok] = e_new[ok] + c[r, pi[ok]]
+        if not live.any(): break
+        gs, ps = (e > 0).long(), (e < 0).long()
+        ok = (gp[:, 0] <= gp[:, 1]) & (pp[:, 0] <= pp[:, 1])         # both lists still have candidates
+        gi = grow_order[r, gp[r, gs].clamp(0, cols - 1)]; pi = prune_order[r, pp[r, ps].clamp(0, nk - 1)]
+        gp[r, gs] += step[gs]; pp[r, ps] += step[ps]
+        cg, cp = c[r, gi], c[r, pi]
+        after = e + cp - cg
+        # the candidates must still be of the sign the list promised (the reference's rows are wide enough to never run out)
+        live &= (e.abs() > update_threshold) & ok & ~keep0[r, gi] & (cg * e > 0) & (cp * e < 0)
+        if same_sign: live &= torch.sign(after) == sign0
+        keep[r[live], pi[live]] = False; keep[r[live], gi[live]] = True
+        e = torch.where(live, after, e)
     return keep
+
 
 # %% ../../nbs/41_prune_scores.ipynb #63bbe5ad
 def _wanda(W:torch.Tensor, c, st:InputStats) -> torch.Tensor:
     return W * mask_from_scores(wanda_scores(W, st.norm), c.sparsity, "row", c.nm)
 
+def _init_scores(W:torch.Tensor, c, st:InputStats) -> torch.Tensor:
+    "Scores of DSnoT's initial mask: Wanda, magnitude, or SparseGPT's OBS saliency w²/[U]_jj² (no weight update), as the reference."
+    if c.init == "magnitude": return magnitude_scores(W)
+    if c.init == "sparsegpt":
+        Wd, H = drop_dead_inputs(W, st.hessian)
+        return Wd ** 2 / torch.diag(inverse_hessian_factor(H, c.damp, "DSnoT"))[None, :] ** 2
+    return wanda_scores(W, st.norm)
+
 def _dsnot(W:torch.Tensor, c, st:InputStats) -> torch.Tensor:
-    return W * dsnot(W, mask_from_scores(wanda_scores(W, st.norm), c.sparsity, "row", c.nm), st)
+    return W * dsnot(W, mask_from_scores(_init_scores(W, c, st), c.sparsity, "row"), st)
 
 register_pruner("magnitude", False, "smallest |W| first, per layer or over all layers", scores=lambda W, c, name: magnitude_scores(W),
                 scopes=("layer", "global"), structured=True)
@@ -82,5 +114,67 @@ register_pruner("random", False, "a seeded random mask (the baseline)", scores=l
 register_pruner("lamp", False, "layer-adaptive magnitude: one global ranking of LAMP scores", scores=lambda W, c, name: lamp_scores(W),
                 scopes=("global",), nm=False)
 register_pruner("wanda", True, "|W| times the input norm, per output row", prune_layer=_wanda, structured=True)
-register_pruner("dsnot", True, "Wanda's mask refined by DSnoT's prune-and-grow swaps", prune_layer=_dsnot, nm=False)
+register_pruner("dsnot", True, "a Wanda (or magnitude, SparseGPT) mask refined by DSnoT's prune-and-grow swaps", prune_layer=_dsnot,
+                nm=False, inits=("wanda", "magnitude", "sparsegpt"))
+
+def dsnot_config(sparsity:float,      # Fraction of zeros of every layer
+                 skip:str|None="mlp", # Linears that keep their Wanda mask (reference: --skip_layer mlp); None = refine all
+                ) -> dict:
+    "A `prune` config as the reference's default DSnoT run (Wanda init): the `skip` linears keep Wanda's mask, the rest are refined."
+    from workbench.prune.core import PruneConfig
+    check(skip in (None, "mlp", "self_attn"), f"skip must be mlp, self_attn or None, got {skip!r}")
+    d = PruneConfig("dsnot", sparsity)
+    return {"*": d} if skip is None else {f"*.{skip}.*": PruneConfig("wanda", sparsity), "*": d}
+
+
+# %% ../../nbs/41_prune_scores.ipynb #5f53b263
+def _owl_groups(model, lin:dict) -> dict[str, list[str]]:
+    "The linears of each transformer block, by the name pattern `prefix.i.*`; linears outside the blocks alone, by name."
+    found, out = find_blocks(model), {}
+    if found:
+        for i in range(len(found[1])):
+            names = [n for n in lin if n.startswith(f"{found[0]}.{i}.")]
+            if names: out[f"{found[0]}.{i}.*"] = names
+    inside = {n for ns in out.values() for n in ns}
+    return out | {n: [n] for n in lin if n not in inside}
+
+def owl_outlier_ratios(model, calib, # Calibration windows, as `prune` takes them
+                       M:float=5,    # A score is an outlier above M × the block's mean score
+                       tokenizer=None, batch_size:int=8) -> dict[str, float]:
+    "OWL's outlier ratio D_l (in %) of every block, from the dense model's Wanda scores: {block pattern: D_l}."
+    lin = prunable_linears(model)
+    st = {n: InputStats(m.in_features, device=m.weight.device) for n, m in lin.items()}
+    calib_forward(model, lin, as_batches(calib, tokenizer), lambda n, x: st[n].add(x), None, batch_size)
+    out = {}
+    for pat, names in _owl_groups(model, lin).items():
+        s = torch.cat([wanda_scores(lin[n].weight, st[n].norm).flatten() for n in names])
+        out[pat] = float((s > s.mean() * M).sum()) / s.numel() * 100
+    return out
+
+
+# %% ../../nbs/41_prune_scores.ipynb #d9fbda80
+def owl_ratios(D:dict[str, float],            # Outlier ratio of each block
+               target:float,                  # Mean sparsity S
+               lam:float=0.08,                # Half the spread: densities span 2λ
+               sizes:dict[str, int]|None=None # Parameters of each block (None: equal)
+              ) -> dict[str, float]:
+    "OWL's sparsity of each block: D mapped onto [0, 2λ], centred on density 1 − S (parameter-weighted), S_l = 1 − density."
+    check(0 <= target < 1 and lam >= 0, f"need 0 ≤ target < 1 and λ ≥ 0, got {target}, {lam}")
+    names = list(D)
+    d = np.array([D[n] for n in names], dtype=np.float64)
+    w = np.ones(len(d)) if sizes is None else np.array([sizes[n] for n in names], dtype=np.float64)
+    span = d.max() - d.min()
+    r = (d - d.min()) * (1 / span * lam * 2) if span > 0 else np.zeros_like(d)
+    r = r - (r * w).sum() / w.sum() + (1 - target)
+    s = {n: float(1 - x) if 1 - x > 0 else 0.01 for n, x in zip(names, r)}
+    check(max(s.values()) < 1, f"target {target} with λ {lam} asks a block for sparsity ≥ 1: lower λ or the target")
+    return s
+
+def owl_sparsities(model, target:float, # Mean sparsity S over the blocks (by parameter count)
+                   calib,               # Calibration windows, as `prune` takes them
+                   M:float=5, lam:float=0.08, tokenizer=None, batch_size:int=8) -> dict[str, float]:
+    "OWL (Yin et al. 2024): {block pattern: sparsity}, more outliers → less pruning, for `prune(model, {p: PruneConfig(…, s)})`."
+    lin = prunable_linears(model)
+    sizes = {p: sum(lin[n].weight.numel() for n in ns) for p, ns in _owl_groups(model, lin).items()}
+    return owl_ratios(owl_outlier_ratios(model, calib, M, tokenizer, batch_size), target, lam, sizes)
 

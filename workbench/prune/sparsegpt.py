@@ -7,7 +7,7 @@ optionally, quantized) weight's error onto the columns not yet visited (`compres
 from __future__ import annotations
 import torch
 from ..core import check
-from .core import keep_topk, n_pruned, register_pruner
+from .core import keep_topk, register_pruner
 from ..quant.formats import QuantConfig, decode, encode, quant_params
 from ..quant.gptq import drop_dead_inputs, inverse_hessian_factor
 
@@ -43,8 +43,9 @@ def sparsegpt(W:torch.Tensor,             # (rows, cols) weight
         i2 = min(i1 + block_size, cols)
         W1, Q1, E1, U1 = W[:, i1:i2].clone(), torch.zeros(rows, i2 - i1, device=W.device), torch.zeros(rows, i2 - i1, device=W.device), U[i1:i2, i1:i2]
         d = torch.diag(U1)
-        if nm is None:                                    # adaptive mask: lowest OBS saliency in each row of the block
-            k1 = keep_topk(W1 ** 2 / d[None, :] ** 2, n_pruned(cols, sparsity * i2 / cols) - n_pruned(cols, sparsity * i1 / cols))
+        if nm is None and sparsity > 0:                   # adaptive mask: one OBS-saliency threshold over the tile
+            tmp = W1 ** 2 / d[None, :] ** 2
+            k1 = tmp > torch.sort(tmp.flatten()).values[int(tmp.numel() * sparsity)]
         else: k1 = torch.ones_like(W1, dtype=torch.bool)
         for i in range(i2 - i1):
             if nm and i % nm[1] == 0:

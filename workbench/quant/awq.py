@@ -5,45 +5,60 @@ activations, folded into the previous operator, then group-wise RTN with a clipp
 
 # %% ../../nbs/33_quant_awq.ipynb #c9eabcc2
 from __future__ import annotations
+import json, warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 import torch
 from torch import nn
+from ..core import check
 from .calib import _Stop
 from .formats import QuantConfig, QWeight, group_view, register_quantizer, rtn
 
-
 # %% auto #0
-__all__ = ['awq_scale_search', 'awq_clip', 'awq']
+__all__ = ['AWQ_FILES', 'awq_scales', 'awq_scale_search', 'awq_clip_search', 'clip_groups', 'awq_clip', 'awq', 'group_error_fn',
+           'AWQGroup', 'AWQResult', 'record_awq', 'save_awq', 'load_awq', 'apply_awq']
 
 # %% ../../nbs/33_quant_awq.ipynb #f8c9fb98
-def _out_err(Ws:list[torch.Tensor], Wq:list[torch.Tensor], X:torch.Tensor) -> float:
-    return sum(((X @ (a - b).T) ** 2).sum().item() for a, b in zip(Wq, Ws))
+def awq_scales(sx:torch.Tensor, # mean |x_j| of each input channel
+               alpha:float) -> torch.Tensor:
+    "s = sx^α / sqrt(max s · min s), llm-awq's normalisation (inf/NaN → 1); α = 0 gives s ≡ 1."
+    s = sx.pow(alpha).clamp(min=1e-4)
+    s = s / (s.max() * s.min()).sqrt()
+    return torch.where(torch.isfinite(s), s, torch.ones_like(s))
+
+def _linear_err(Ws:list[torch.Tensor], X:torch.Tensor) -> Callable:
+    "err(Ŵs) = Σ‖X(Ŵ − W)ᵀ‖² over the layers: the error of their own outputs."
+    return lambda Wq: sum(((X @ (a - b).T) ** 2).sum().item() for a, b in zip(Wq, Ws))
 
 @torch.no_grad()
 def awq_scale_search(Ws:list[torch.Tensor], # Weights of the layers sharing input X, each (rows_i, d_in)
                      X:torch.Tensor,        # Their input, (tokens, d_in)
                      cfg:QuantConfig,
-                     alphas:list[float]|None=None, # Grid; None = {0, 1/n, …} with n = cfg.alpha_grid
-                     max_tokens:int=4096,   # Tokens used for the error
+                     alphas:list[float]|None=None, # Grid; None = {0, 1/n, …} with n = cfg.alpha_grid; α = 0 is always tried first
+                     max_tokens:int=4096,   # Tokens of the default error
+                     err_fn:Callable|None=None, # err_fn([Q(W·s)/s of each layer]) -> float; None = the layers' own output error
                     ) -> tuple[torch.Tensor, float, list[float]]:
-    "Per-input-channel scales s (d_in,), the chosen α and the error at each α."
-    X = X[:: max(1, len(X) // max_tokens)].float()
-    sx = X.abs().mean(0)
-    alphas = [i / cfg.alpha_grid for i in range(cfg.alpha_grid)] if alphas is None else alphas
+    "Per-input-channel scales s (d_in,), the chosen α and the error at each α of the grid."
+    X = X.float(); Ws = [W.detach().float() for W in Ws]
+    sx = X.abs().mean(0)                                        # over every calibration token, as llm-awq
+    err_fn = err_fn or _linear_err(Ws, X[:: max(1, len(X) // max_tokens)])
+    alphas = [i / cfg.alpha_grid for i in range(cfg.alpha_grid)] if alphas is None else list(alphas)
+    if 0.0 not in alphas: alphas = [0.0] + alphas               # plain RTN is always a candidate
     best, errs = (float("inf"), None, None), []
-    for a in alphas:
-        s = sx.pow(a).clamp(min=1e-4)
-        s = s / (s.max() * s.min()).sqrt()
-        s = torch.where(torch.isfinite(s), s, torch.ones_like(s))
-        e = _out_err(Ws, [rtn(W * s, cfg).dequantize() / s for W in Ws], X)
+    for a in sorted(alphas, key=lambda a: a != 0):              # α = 0 first: it wins ties
+        s = awq_scales(sx, a)
+        e = err_fn([rtn(W * s, cfg).dequantize() / s for W in Ws])
         errs.append(e)
         if e < best[0]: best = (e, s, a)
     return best[1], best[2], errs
 
 # %% ../../nbs/33_quant_awq.ipynb #7b8eb06c
 @torch.no_grad()
-def awq_clip(W:torch.Tensor, X:torch.Tensor, cfg:QuantConfig, # W (rows, d_in) already scaled; X its input (tokens, d_in)
-             n_grid:int=20, max_shrink:float=0.5, n_tokens:int=512) -> torch.Tensor:
-    "W with each (row, group) clamped to the range, among (1 - k/n_grid)·max|W|, with the least output error."
+def awq_clip_search(W:torch.Tensor, X:torch.Tensor, cfg:QuantConfig, # W (rows, d_in) already scaled; X its input (tokens, d_in)
+                    n_grid:int=20, max_shrink:float=0.5, n_tokens:int=512) -> torch.Tensor:
+    "Clip maximum of each (row, group), among (1 - k/n_grid)·max|W|, with the least output error of the group's partial products."
     Wg = group_view(W.float(), cfg.group_size)                            # (rows, ng, g)
     Xg = group_view(X[:: max(1, len(X) // n_tokens)].float(), cfg.group_size)  # (T, ng, g)
     ref = torch.einsum("rng,tng->rnt", Wg, Xg)
@@ -51,26 +66,39 @@ def awq_clip(W:torch.Tensor, X:torch.Tensor, cfg:QuantConfig, # W (rows, d_in) a
     best_err, best = torch.full(Wg.shape[:2], float("inf"), device=Wg.device), amax.clone()
     for k in range(int(max_shrink * n_grid)):
         mx = amax * (1 - k / n_grid)
-        Wc = Wg.clamp(-mx, mx)
-        Wq = rtn(Wc.reshape(W.shape), cfg).dequantize().reshape(Wg.shape)
+        Wq = rtn(Wg.clamp(-mx, mx).reshape(W.shape), cfg).dequantize().reshape(Wg.shape)
         err = (torch.einsum("rng,tng->rnt", Wq, Xg) - ref).pow(2).mean(-1)   # (rows, ng)
         better = err < best_err
         best_err = torch.where(better, err, best_err); best = torch.where(better[..., None], mx, best)
-    return Wg.clamp(-best, best).reshape(W.shape)
+    return best[..., 0]
+
+def clip_groups(W:torch.Tensor, cmax:torch.Tensor, # W (rows, d_in); cmax (rows, n_groups) from `awq_clip_search`
+               ) -> torch.Tensor:
+    "W (float32) with each (row, group) clamped to ±cmax."
+    Wg = W.float().reshape(cmax.shape[0], cmax.shape[1], -1)
+    return Wg.clamp(-cmax[..., None], cmax[..., None]).reshape(W.shape)
+
+def awq_clip(W:torch.Tensor, X:torch.Tensor, cfg:QuantConfig, **kw) -> torch.Tensor:
+    "W with each (row, group) clamped to the range with the least output error (`awq_clip_search`)."
+    return clip_groups(W, awq_clip_search(W, X, cfg, **kw))
 
 # %% ../../nbs/33_quant_awq.ipynb #86465e8f
+def _awq(W, X, cfg, s=None, folded=True, clip=None) -> tuple[QWeight, torch.Tensor|None]:
+    "`awq`, and the clip maxima it chose (None without clipping)."
+    Ws = W if s is None or folded else W * s                          # folded: W already multiplied by s
+    Xs = X if s is None or X is None else X / s
+    cmax = awq_clip_search(Ws, Xs, cfg) if (cfg.clip if clip is None else clip) and Xs is not None else None
+    qw = rtn(Ws if cmax is None else clip_groups(Ws, cmax), cfg)
+    if s is not None and not folded: qw.input_scale = s.float()
+    return qw, cmax
+
 def awq(W:torch.Tensor, X:torch.Tensor|None, cfg:QuantConfig, # W (rows, d_in), X its input
         s:torch.Tensor|None=None,   # Scales already folded into W (from awq_scale_search); X is the unscaled input
         folded:bool=True,           # s is folded into the previous operator (else kept as the layer's input_scale)
         clip:bool|None=None,        # Search clipping ranges; None = cfg.clip
        ) -> QWeight:
     "Quantize a layer whose weight carries AWQ scales: optional clipping search, then RTN."
-    Ws = W if s is None or folded else W * s                          # folded: W already multiplied by s
-    Xs = X if s is None or X is None else X / s
-    if (cfg.clip if clip is None else clip) and Xs is not None: Ws = awq_clip(Ws, Xs, cfg)
-    qw = rtn(Ws, cfg)
-    if s is not None and not folded: qw.input_scale = s.float()
-    return qw
+    return _awq(W, X, cfg, s, folded, clip)[0]
 
 # %% ../../nbs/33_quant_awq.ipynb #8310c00e
 _FOLD_INTO_ROWS = {"mlp.down_proj": "mlp.up_proj", "self_attn.o_proj": "self_attn.v_proj",
@@ -79,6 +107,12 @@ _FOLD_INTO_ROWS = {"mlp.down_proj": "mlp.up_proj", "self_attn.o_proj": "self_att
 def _get(model:nn.Module, name:str) -> nn.Module|None:
     try: return model.get_submodule(name)
     except AttributeError: return None
+
+@torch.no_grad()
+def _output(model, batch):
+    "The model's output on one window of token ids."
+    kw = {"use_cache": False} if getattr(model.config, "use_cache", False) else {}
+    return model(input_ids=batch[None].to(next(model.parameters()).device), **kw)[0]
 
 @torch.no_grad()
 def _previous_op(model:nn.Module, group:list[str], batch:torch.Tensor) -> nn.Module|None:
@@ -97,9 +131,7 @@ def _previous_op(model:nn.Module, group:list[str], batch:torch.Tensor) -> nn.Mod
         found.append(out.get(a[0].data_ptr(), (None,))[0]); raise _Stop()
     hs = [m.register_forward_hook(post) for m in norms.values()]
     hs.append(model.get_submodule(first).register_forward_pre_hook(pre))
-    try:
-        kw = {"use_cache": False} if getattr(model.config, "use_cache", False) else {}
-        model(input_ids=batch[None].to(next(model.parameters()).device), **kw)
+    try: _output(model, batch)
     except _Stop: pass
     finally:
         for h in hs: h.remove()
@@ -113,37 +145,167 @@ def _fold(prev:nn.Module, members:list[nn.Module], s:torch.Tensor):
     if getattr(prev, "bias", None) is not None: prev.bias.div_(s)
     for m in members: m.weight.mul_(s[None, :])
 
-# %% ../../nbs/33_quant_awq.ipynb #27847e0c
 @torch.no_grad()
-def _output(model, batch):
-    kw = {"use_cache": False} if getattr(model.config, "use_cache", False) else {}
-    return model(input_ids=batch[None].to(next(model.parameters()).device), **kw)[0]
+def _fold_if_exact(model, prev, members, s, batch) -> bool:
+    "Fold s into prev unless the float output moves (a post-norm model, BERT, also feeds the norm's output to the residual)."
+    ts = lambda: [prev.weight] + ([prev.bias] if getattr(prev, "bias", None) is not None else []) + [m.weight for m in members]
+    keep = [t.clone() for t in ts()]
+    ref = _output(model, batch); _fold(prev, members, s)
+    if torch.allclose(_output(model, batch), ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item()): return True
+    for t, k in zip(ts(), keep): t.copy_(k)
+    return False
+
+# %% ../../nbs/33_quant_awq.ipynb #926f67c7
+def _common_parent(names:list[str]) -> str:
+    "The deepest module name holding every layer of `names` ('' = the model)."
+    parts = [n.split(".")[:-1] for n in names]; k = 0
+    while all(len(p) > k and p[k] == parts[0][k] for p in parts): k += 1
+    return ".".join(parts[0][:k])
+
+@torch.no_grad()
+def _call_of(model:nn.Module, mod:nn.Module, batch:torch.Tensor) -> tuple[tuple, dict]|None:
+    "The (args, kwargs) `mod` is called with when `model` runs on the window `batch`."
+    got = []
+    def pre(m, args, kwargs): got.append((args, kwargs)); raise _Stop()
+    h = mod.register_forward_pre_hook(pre, with_kwargs=True)
+    try: _output(model, batch)
+    except _Stop: pass
+    finally: h.remove()
+    return got[0] if got else None
+
+@torch.no_grad()
+def group_error_fn(model:nn.Module, group:list[str], # Layers sharing one input, by name
+                   X:dict[str, torch.Tensor],  # Their captured inputs (tokens, d_in)
+                   batch:torch.Tensor,         # The first calibration window (1-D token ids): where the block's call is read
+                   max_tokens:int=8192,        # Tokens the error is measured on
+                   chunk:int=8,                # Windows per forward of the block
+                  ) -> Callable:
+    "err(Ŵs): squared output error of the block `group` feeds (the layers' common parent; the layer itself when alone), with its weights set to Ŵs."
+    mods = [model.get_submodule(n) for n in group]
+    x = X[group[0]].float()
+    if len(group) == 1: return _linear_err([mods[0].weight.detach().float()], x[:: max(1, len(x) // max_tokens)])
+    blk = model.get_submodule(_common_parent(group))
+    call = _call_of(model, blk, batch)
+    if call is None: return _linear_err([m.weight.detach().float() for m in mods], x[:: max(1, len(x) // max_tokens)])
+    args, kw = call
+    h = args[0] if args else kw["hidden_states"]
+    def run(xs):
+        outs = []
+        for xb in xs.split(chunk):
+            o = blk(xb, *args[1:], **kw) if args else blk(*args, **{**kw, "hidden_states": xb})
+            outs.append(o[0] if isinstance(o, tuple) else o)
+        return outs
+    L, d = h.shape[-2], h.shape[-1]
+    xs, ref = h, None
+    if h.dim() == 3 and len(x) % L == 0 and torch.allclose(h.reshape(-1, d).float(), x[:L], rtol=1e-4, atol=1e-5 * x[:L].abs().max().item()):
+        try:                                                  # every window: the group's input is the block's input
+            xs = x.reshape(-1, L, d)[:: max(1, len(x) // max_tokens)].to(h.dtype); ref = run(xs)
+        except Exception: xs = h                              # the block's call does not batch: the one window
+    if ref is None: ref = run(xs)
+    def err(Wq):
+        keep = [m.weight.data for m in mods]
+        try:
+            for m, w in zip(mods, Wq): m.weight.data = w.to(keep[0].dtype)
+            return sum(((o.float() - r.float()) ** 2).sum().item() for o, r in zip(run(xs), ref))
+        finally:
+            for m, w in zip(mods, keep): m.weight.data = w
+    return err
+
+# %% ../../nbs/33_quant_awq.ipynb #7a660c4a
+@dataclass
+class AWQGroup:
+    "The AWQ scales of one input group."
+    layers: list[str]           # Layers whose input columns carry s (the whole group when folded, else its AWQ layers)
+    s: torch.Tensor             # (d_in,) per-input-channel scale
+    alpha: float                # The chosen exponent (0: s ≡ 1, plain RTN)
+    fold_into: str|None         # Module whose output channels were divided by s; None: the layers keep 1/s on their input
+
+@dataclass
+class AWQResult:
+    "Everything AWQ's searches chose: scales per input group, in folding order, and clip maxima per layer."
+    groups: list[AWQGroup] = field(default_factory=list)
+    clip: dict[str, torch.Tensor] = field(default_factory=dict)   # Layer -> (rows, n_groups) clip max of its scaled weight
+
+_RECORDERS: list[AWQResult] = []
+
+@contextmanager
+def record_awq():
+    "Collect the scales and clips of every AWQ layer `quantize` handles inside the `with` block into an `AWQResult`."
+    res = AWQResult(); _RECORDERS.append(res)
+    try: yield res
+    finally: _RECORDERS.remove(res)
+
+# %% ../../nbs/33_quant_awq.ipynb #27847e0c
+_NO_CLIP = ("q_proj", "k_proj", "query", "key", "Wqkv", "qkv_proj", "c_attn", "query_key_value")  # llm-awq: q/k meet in the softmax
+
+def _clipped(name:str) -> bool: return name.rsplit(".", 1)[-1] not in _NO_CLIP
 
 @torch.no_grad()
 def _awq_block(model, groups, X, plan, batch) -> dict:
-    "Search AWQ scales for every input group with an AWQ layer; fold them where possible. Returns {name: (s, folded, α)}."
-    out = {}
+    "Search AWQ scales for every input group with an AWQ layer (block-output error); fold them where possible. Returns {name: extra}."
+    names, out = {id(m): n for n, m in model.named_modules()}, {}
     for g in groups:
         aw = [n for n in g if plan[n].method == "awq"]
         if not aw: continue
         mods = [model.get_submodule(n) for n in g]
-        s, alpha, _ = awq_scale_search([m.weight for m in mods], X[g[0]], plan[aw[0]])
+        s, alpha, _ = awq_scale_search([m.weight for m in mods], X[g[0]], plan[aw[0]], err_fn=group_error_fn(model, g, X, batch))
         prev = _previous_op(model, g, batch)
-        if prev is not None:
-            # a post-norm model (BERT) also feeds the norm's output to the residual: folding would change the
-            # function, so check the float output and undo the fold if it moved
-            keep = [t.clone() for t in [prev.weight] + ([prev.bias] if getattr(prev, "bias", None) is not None else []) + [m.weight for m in mods]]
-            ref = _output(model, batch); _fold(prev, mods, s)
-            if not torch.allclose(_output(model, batch), ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item()):
-                for t, k in zip([prev.weight] + ([prev.bias] if getattr(prev, "bias", None) is not None else []) + [m.weight for m in mods], keep): t.copy_(k)
-                prev = None
-        for n in aw: out[n] = (s, prev is not None, alpha)
+        if prev is not None and not _fold_if_exact(model, prev, mods, s, batch): prev = None
+        grp = AWQGroup(list(g) if prev is not None else aw, s, alpha, None if prev is None else names.get(id(prev)))
+        for r in _RECORDERS: r.groups.append(grp)
+        for n in aw: out[n] = dict(name=n, s=s, alpha=alpha, folded=prev is not None, fold_into=grp.fold_into, clip=_clipped(n))
     return out
 
 @register_quantizer("awq", needs_calib=True, block_step=_awq_block,
                     doc="activation-aware: per-input-channel scales searched on the calibration inputs, folded into the previous operator")
 def _awq_layer(W, cfg, X, extra):
-    s, folded, alpha = extra if extra else (None, True, 0.0)
-    qw = awq(W, X, cfg, None if folded else s, folded=folded)
-    return (qw, dict(alpha=alpha, folded=folded)) if extra else qw
+    e = extra if isinstance(extra, dict) else {}
+    s = e["s"] if not e.get("folded", True) and e.get("alpha", 0) > 0 else None   # s ≡ 1 needs no input scale
+    qw, cmax = _awq(W, X, cfg, s, folded=s is None, clip=cfg.clip and e.get("clip", True))
+    if cmax is not None and "name" in e:
+        for r in _RECORDERS: r.clip[e["name"]] = cmax
+    notes = dict(alpha=e.get("alpha", 0.0), folded=e.get("folded", True), fold_into=e.get("fold_into"), clipped=cmax is not None)
+    return (qw, notes) if e else qw
 
+# %% ../../nbs/33_quant_awq.ipynb #15260d45
+AWQ_FILES = ("awq.json", "awq.safetensors")
+
+def save_awq(result:AWQResult, out_dir:str|Path) -> Path:
+    "Write `result` as awq.json (names, α, fold targets) and awq.safetensors (scales, clips)."
+    from safetensors.torch import save_file
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    t = {f"s.{i}": g.s.float().contiguous() for i, g in enumerate(result.groups)}
+    t.update({f"clip.{n}": c.float().contiguous() for n, c in result.clip.items()})
+    save_file(t, str(out / AWQ_FILES[1]))
+    meta = dict(format="workbench-awq", version=1, clip=list(result.clip),
+                groups=[dict(layers=g.layers, alpha=g.alpha, fold_into=g.fold_into) for g in result.groups])
+    (out / AWQ_FILES[0]).write_text(json.dumps(meta, indent=1))
+    return out
+
+def load_awq(path:str|Path) -> AWQResult:
+    "The `AWQResult` in a directory written by `save_awq`."
+    from safetensors.torch import load_file
+    path = Path(path)
+    check(all((path / f).is_file() for f in AWQ_FILES), f"{path} is not an AWQ result: it needs {' and '.join(AWQ_FILES)} (write them with save_awq)")
+    meta, t = json.loads((path / AWQ_FILES[0]).read_text()), load_file(str(path / AWQ_FILES[1]))
+    check(meta.get("format") == "workbench-awq", f"{path / AWQ_FILES[0]} is not a workbench AWQ result")
+    return AWQResult([AWQGroup(g["layers"], t[f"s.{i}"], g["alpha"], g["fold_into"]) for i, g in enumerate(meta["groups"])],
+                     {n: t[f"clip.{n}"] for n in meta["clip"]})
+
+# %% ../../nbs/33_quant_awq.ipynb #2ec9e70f
+@torch.no_grad()
+def apply_awq(model:nn.Module, result:AWQResult) -> nn.Module:
+    "Put AWQ's scales (folded where they were) and clips on a float model, in place: RTN on it then gives the AWQ model."
+    names = set(dict(model.named_modules()))
+    missing = sorted({n for g in result.groups for n in g.layers + [g.fold_into] if n is not None} - names | set(result.clip) - names)
+    check(not missing, f"the AWQ result names layers the model lacks ({', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}): apply it to the model it was searched on")
+    for g in result.groups:
+        mods = [model.get_submodule(n) for n in g.layers]
+        if g.fold_into is not None: _fold(model.get_submodule(g.fold_into), mods, g.s.to(mods[0].weight.device))
+        elif g.alpha > 0:
+            s = g.s.to(mods[0].weight.device)
+            for m in mods:
+                m.weight.mul_(s[None, :]); m.register_forward_pre_hook(lambda mod, a, s=s: (a[0] / s.to(a[0].dtype), *a[1:]))
+    for n, c in result.clip.items():
+        m = model.get_submodule(n); m.weight.copy_(clip_groups(m.weight, c.to(m.weight.device)).to(m.weight.dtype))
+    return model

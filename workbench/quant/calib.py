@@ -12,7 +12,8 @@ from ..corpus import read_text_split
 
 
 # %% auto #0
-__all__ = ['calib_from_text', 'as_batches', 'find_blocks', 'chunks', 'calib_forward', 'capture_inputs', 'InputStats', 'hessian']
+__all__ = ['calib_from_text', 'as_batches', 'find_blocks', 'chunks', 'calib_forward', 'capture_inputs', 'BlockStream',
+           'InputStats', 'hessian']
 
 # %% ../../nbs/32_quant_calib.ipynb #1a99349a
 def calib_from_text(tokenizer, text:str|None=None, # Calibration text; None = the train split of the shipped corpus
@@ -94,6 +95,69 @@ def capture_inputs(model:nn.Module, modules:dict[str, nn.Module], # Layers whose
     groups = {}
     for n in order: groups.setdefault(ptr[n], []).append(n)
     return {n: torch.cat(v) for n, v in X.items() if v}, list(groups.values())
+
+
+# %% ../../nbs/32_quant_calib.ipynb #6ed981ee
+def _first(o): return o[0] if isinstance(o, tuple) else o
+
+class BlockStream:
+    "Calibration hidden states at the input of one transformer block at a time; `advance` feeds the block's outputs on."
+    @torch.no_grad()
+    def __init__(self, model:nn.Module, batches:list[torch.Tensor], # Calibration samples (1-D token ids)
+                 batch_size:int=8):
+        found = find_blocks(model)
+        check(found is not None, "no transformer blocks (an nn.ModuleList of layers) found to stream calibration through")
+        self.prefix, self.blocks = found
+        self.index, self.hidden, self.calls = 0, [], [[] for _ in self.blocks]
+        def grab(i):
+            def hook(mod, args, kwargs):
+                kw = dict(kwargs)
+                h, rest = (args[0], args[1:]) if args else (kw.pop("hidden_states"), ())
+                if i == 0: self.hidden.append(h)
+                self.calls[i].append((rest, kw))
+                if i == len(self.blocks) - 1: raise _Stop()     # the head's output is not needed
+            return hook
+        hs = [b.register_forward_pre_hook(grab(i), with_kwargs=True) for i, b in enumerate(self.blocks)]
+        dev = next(model.parameters()).device
+        try:
+            for x in chunks(batches, batch_size):
+                try: _forward(model, x.to(dev))
+                except _Stop: pass
+        finally:
+            for h in hs: h.remove()
+
+    @torch.no_grad()
+    def run(self, modules:dict[str, nn.Module]|None=None, # Layers inside the current block whose inputs are reported
+            on_input=None) -> list[torch.Tensor]:          # on_input(name, x), per chunk
+        "Run the current block on every chunk; its outputs, one per chunk."
+        hs = [m.register_forward_pre_hook(lambda mod, args, n=n: on_input(n, args[0])) for n, m in (modules or {}).items()]
+        block, outs = self.blocks[self.index], []
+        try:
+            for h, (a, kw) in zip(self.hidden, self.calls[self.index]):
+                try: outs.append(_first(block(h, *a, **kw)))
+                except _Stop: pass                                  # `on_input` had what it needed from this chunk
+        finally:
+            for h in hs: h.remove()
+        return outs
+
+    def capture(self, modules:dict[str, nn.Module], # Layers of the current block
+                first_group:bool=False) -> tuple[dict[str, torch.Tensor], list[list[str]]]: # Stop each chunk once the first group's input is seen
+        "As `capture_inputs`, for layers of the current block: inputs (tokens, d_in) and input groups in execution order."
+        X, ptr, order, alive, known = {n: [] for n in modules}, {}, [], [], []
+        def record(name, x):
+            if first_group:      # the rest of the block is not needed: the caller re-captures after changing this group
+                if known and name not in known[0]: raise _Stop()
+                if not known and order and name not in ptr and x.data_ptr() != ptr[order[0]]: known.append(set(order)); raise _Stop()
+            if name not in ptr: ptr[name] = x.data_ptr(); order.append(name); alive.append(x)  # held: no address reuse
+            X[name].append(x.detach().reshape(-1, x.shape[-1]).float())
+        self.run(modules, record)
+        groups = {}
+        for n in order: groups.setdefault(ptr[n], []).append(n)
+        return {n: torch.cat(v) for n, v in X.items() if v}, list(groups.values())
+
+    def advance(self):
+        "Feed the current block's outputs (as the block is now: quantized, pruned) to the next block."
+        self.hidden = self.run(); self.index += 1
 
 
 # %% ../../nbs/32_quant_calib.ipynb #d4fc07b2

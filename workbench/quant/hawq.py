@@ -9,11 +9,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np, torch
 from torch import nn
 from ..core import check
-from .calib import chunks
-from .formats import QuantConfig, rtn
+import warnings
+from .calib import as_batches, capture_inputs, chunks, find_blocks
+from .formats import QuantConfig, quantizer, rtn
 
 # %% auto #0
-__all__ = ['TraceEstimate', 'hutchinson_traces', 'HAWQResult', 'hawq_costs', 'solve_allocation', 'hawq_allocate']
+__all__ = ['TraceEstimate', 'hutchinson_traces', 'HAWQResult', 'sensitivities', 'hawq_costs', 'solve_allocation', 'hawq_allocate']
 
 # %% ../../nbs/37_quant_hawq.ipynb #dd0daea9
 @dataclass
@@ -73,16 +74,42 @@ class HAWQResult:
     budget_bits: float
     omega: dict[str, dict[int, float]] = field(repr=False, default_factory=dict)
     sizes: dict[str, dict[int, int]] = field(repr=False, default_factory=dict)
+    clamped: list[str] = field(default_factory=list)   # Layers whose negative (noisy) trace was clamped at 0
 
-def hawq_costs(model:nn.Module, traces:dict[str, TraceEstimate], base:QuantConfig, bit_choices) -> tuple[dict, dict]:
-    "Ω_l(b) = t_l·‖Q_b(W_l) − W_l‖² and the theoretical size of each layer at each bit-width."
+def sensitivities(traces:dict[str, TraceEstimate]) -> tuple[dict[str, float], list[str]]:
+    "t_l = Tr(H_l)/n_l clamped at 0, and the layers whose (noisy) estimate was negative, with a warning."
+    neg = [n for n, t in traces.items() if t.per_param < 0]
+    if neg: warnings.warn(f"{len(neg)} Hessian trace estimate(s) negative, clamped at 0 (more probes: max_iters/tol): {', '.join(neg[:4])}{' …' if len(neg) > 4 else ''}")
+    return {n: max(t.per_param, 0.0) for n, t in traces.items()}, neg
+
+@torch.no_grad()
+def _layer_inputs(model:nn.Module, names:list[str], batches:list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    "Float inputs of each named layer on the calibration windows, captured block by block."
+    found, X = find_blocks(model), {}
+    blocks = [(b, [n for n in names if n.startswith(f"{found[0]}.{i}.")]) for i, b in enumerate(found[1])] if found else []
+    rest = [n for n in names if not any(n in ns for _, ns in blocks)]
+    for stop, ns in blocks + [(None, rest)]:
+        if ns: X.update(capture_inputs(model, {n: model.get_submodule(n) for n in ns}, batches, stop)[0])
+    return X
+
+def hawq_costs(model:nn.Module, traces:dict[str, TraceEstimate], base:QuantConfig, bit_choices,
+               calib:list|None=None,   # Token-id windows: needed when the base method reads activations (GPTQ, AWQ)
+              ) -> tuple[dict, dict]:
+    "Ω_l(b) = t_l·‖Q_b(W_l) − W_l‖², Q_b the base method at b bits, and the theoretical size of each layer at each bit-width."
+    q = quantizer(base.method)
+    check(calib is not None or not q.needs_calib, f"{base.method} reads calibration activations: pass calib to price its error")
+    t, _ = sensitivities(traces)
+    batches = as_batches(calib) if q.needs_calib else None
+    X = _layer_inputs(model, list(traces), batches) if batches else {}
+    extra = q.prepare(model, {n: model.get_submodule(n) for n in traces}, batches) if q.prepare and batches else {}
     omega, sizes = {}, {}
-    for n, t in traces.items():
+    for n in traces:
         W = model.get_submodule(n).weight.detach().float()
         omega[n], sizes[n] = {}, {}
         for b in bit_choices:
-            q = rtn(W, replace(base, method="rtn", bits=b))
-            omega[n][b] = t.per_param * float(((q.dequantize() - W) ** 2).sum()); sizes[n][b] = q.theory_bits()
+            out = q.quantize_layer(W, replace(base, bits=b), X.get(n), extra.get(n))
+            qw = out[0] if isinstance(out, tuple) else out
+            omega[n][b] = t[n] * float(((qw.dequantize() - W) ** 2).sum()); sizes[n][b] = qw.theory_bits()
     return omega, sizes
 
 def solve_allocation(omega:dict[str, dict[int, float]], sizes:dict[str, dict[int, int]], budget_bits:float) -> dict[str, int]:
@@ -102,10 +129,11 @@ def hawq_allocate(model:nn.Module, traces:dict[str, TraceEstimate],
                   bits_per_weight:float,                 # Budget: average theoretical bits per weight over these layers
                   bit_choices:tuple[int, ...]=(2, 3, 4, 8),
                   base:QuantConfig=QuantConfig("rtn", 4, 128), # Method, group size, format of every layer
+                  calib:list|None=None,                  # Calibration windows, for a base method that reads activations
                  ) -> HAWQResult:
     "HAWQ-V3 bit allocation under a size budget; `result.config` goes straight into `quantize`."
-    omega, sizes = hawq_costs(model, traces, base, bit_choices)
+    omega, sizes = hawq_costs(model, traces, base, bit_choices, calib)
     budget = bits_per_weight * sum(t.n for t in traces.values())
     bits = solve_allocation(omega, sizes, budget)
     return HAWQResult({n: replace(base, bits=b) for n, b in bits.items()}, bits, float(sum(omega[n][b] for n, b in bits.items())),
-                      sum(sizes[n][b] for n, b in bits.items()), budget, omega, sizes)
+                      sum(sizes[n][b] for n, b in bits.items()), budget, omega, sizes, sensitivities(traces)[1])
