@@ -104,6 +104,8 @@ def test_three_bit_runs_int4pack_and_other_devices_fall_back():
     assert ql.kernel == "int4pack" and kernel_kinds(ql, "cuda") == ["dequant"] and kernel_kinds(ql, "meta") == ["dequant"]
     x = torch.randn(5, 512)
     assert rel(ql(x), x @ ql.dequantize().T) <= 1.5 * bf16_err(x, ql.dequantize())
+    assert ql.prepare_kernel("int4pack") == "int4pack" and ql.to("meta").kernel == "dequant"   # asked for, but not there
+    assert ql.kernel_bytes == 0                                            # moving dropped the CPU layout
 
 
 def test_gradients_and_dequant_only_take_the_dequantize_path():

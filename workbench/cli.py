@@ -222,7 +222,7 @@ def search_cmd(algo:Optional[str]=typer.Argument(None, help="Search algorithm (s
                capacity_tokens:Optional[int]=typer.Option(None, help="KV pool size in tokens; default: workbench.experiment.pool_tokens"),
                block_size:int=typer.Option(16, help="KV pool block size in tokens"),
                kv_bits:Optional[int]=typer.Option(None, help="KV cache storage: 8 or 4 bits (default: the model's dtype)"),
-               kv_key_axis:str=typer.Option("token", help="KV quantization of keys: per token, or channel-normalised"),
+               kv_key_axis:str=typer.Option("token", help="KV quantization of keys: per token, or per channel over each block of tokens (KIVI)"),
                chunk:int=typer.Option(25, help="Problems searched at once"),
                seed:int=typer.Option(0, help="Seed of the problems (and of the search when --seeds is not given)"),
                seeds:Optional[str]=typer.Option(None, help="Search seeds, comma-separated (e.g. 0,1,2): paired samples, one interval over problems × seeds"),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 import typer
 from .cli import app
-from .core import check, check_positions, data_dir
+from .core import check, check_positions
 
 # %% auto #0
 __all__ = ['CALIB_TEXTS', 'calib_text', 'inspect_cmd']
@@ -17,12 +17,13 @@ __all__ = ['CALIB_TEXTS', 'calib_text', 'inspect_cmd']
 # %% ../nbs/99_cli_inspect.ipynb #ef8fa053
 CALIB_TEXTS = ("auto", "docstrings", "boolq", "lambada")
 
-def calib_text(model_path:Path, # The resolved model folder
+def calib_text(model:str|Path,        # The model as the user named it
                text:str="auto") -> tuple[str, str|None]: # auto | docstrings | boolq | lambada
-    "The text's name and the text (None: the docstrings' train split); auto = docstrings for shipped models, BoolQ passages otherwise."
+    "The text's name and the text (None: the docstrings' train split); auto = BoolQ passages for fetched models, else the docstrings."
     check(text in CALIB_TEXTS, f"unknown --text {text!r}: use one of {', '.join(CALIB_TEXTS)}")
-    if text == "auto":     # the shipped models learnt the docstrings; a real model gets real English
-        text = "docstrings" if Path(model_path).resolve().parent == (data_dir() / "models").resolve() else "boolq"
+    if text == "auto":     # as `compression_setup`: a real model gets real English, the shipped ones the text they learnt
+        from workbench.fetch import MODELS
+        text = "boolq" if str(model) in MODELS else "docstrings"
     if text == "docstrings": return text, None
     from workbench.harness import text_passages
     return text, "\n\n".join(text_passages(text))
@@ -32,7 +33,7 @@ def calib_text(model_path:Path, # The resolved model folder
 def inspect_cmd(model:str=typer.Argument(..., help="A model folder, a shipped model (text-lm) or a fetched one (smollm2-135m-instruct)"),
                 n_calib:int=typer.Option(16, help="Calibration windows"),
                 calib_len:int=typer.Option(256, help="Tokens per calibration window"),
-                text:str=typer.Option("auto", help="Calibration text: auto (docstrings for shipped models, BoolQ passages otherwise), docstrings, boolq, lambada"),
+                text:str=typer.Option("auto", help="Calibration text: auto (BoolQ passages for fetched models, else the docstrings), docstrings, boolq, lambada"),
                 top:int=typer.Option(10, help="Layers shown in the table (most uneven channels first)"),
                 batch_size:int=typer.Option(8, help="Windows per forward pass"),
                 seed:int=0, device:Optional[str]=None, as_json:bool=typer.Option(False, "--json")):
@@ -43,14 +44,16 @@ def inspect_cmd(model:str=typer.Argument(..., help="A model folder, a shipped mo
     check(text in CALIB_TEXTS, f"unknown --text {text!r}: use one of {', '.join(CALIB_TEXTS)}")
     from workbench.core import quiet_transformers
     from workbench.fetch import resolve_model
+    path = resolve_model(model)                 # bad names and short positions are refused before transformers loads
+    limit = json.loads((path / "config.json").read_text()).get("max_position_embeddings") if (path / "config.json").is_file() else None
+    check(limit is None or calib_len <= limit, f"--calib-len of {calib_len} tokens is longer than the model's {limit} positions; use a smaller --calib-len")
     from workbench.models import load
     from workbench.quant.calib import calib_from_text
     from workbench.quant.inspect import THRESHOLDS, format_inspection, inspect_model
-    path = resolve_model(model)
     with quiet_transformers():
         lm = load(path, device)
-        check_positions(lm.model, calib_len, "--calib-len", "use a smaller --calib-len")
-        used, txt = calib_text(path, text)
+        check_positions(lm.model, calib_len, "--calib-len", "use a smaller --calib-len")   # a GGUF or packed folder: known after loading
+        used, txt = calib_text(model, text)
         cal = calib_from_text(lm.tokenizer, txt, n_calib, calib_len, seed)
         rep = inspect_model(lm.model, cal, batch_size=batch_size)
     head = dict(model=str(model), path=str(path), calibration=dict(text=used, windows=n_calib, length=calib_len, seed=seed), thresholds=THRESHOLDS)

@@ -165,7 +165,11 @@ def _convert(gguf_path:Path, out:Path, quiet:bool=False) -> tuple[int, str]:
     # the GGUF loader draws its own tqdm bar, which transformers' logging switches do not reach
     with quiet_transformers(), patch.object(gguf_utils, "tqdm", functools.partial(gguf_utils.tqdm, disable=quiet)):
         tok = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kw)
+        model, info = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, output_loading_info=True, **kw)
+        # a GGUF tensor name the loader does not map leaves that weight randomly initialised, silently: refuse instead
+        missing = [k for k in info["missing_keys"] if not (k == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False))]
+        check(not missing, f"{gguf_path.name}: the GGUF holds no tensor for {len(missing)} weight(s) of {type(model).__name__} "
+                           f"(first: {', '.join(missing[:3])}); refusing to save a partly random model")
         model.hf_quantizer = None   # the weights are plain fp32 now; save_pretrained refuses a model that names a quantizer
         model.save_pretrained(out); tok.save_pretrained(out)
     return n_params(model), type(model).__name__

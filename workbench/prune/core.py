@@ -105,7 +105,7 @@ class PruneConfig:
         check(self.bits is None or 2 <= self.bits <= 8, f"bits must be in 2..8, got {self.bits}")
         check(self.block_size >= 1 and 0 < self.damp < 1, "need block_size ≥ 1 and 0 < damp < 1")
         check(self.init is None or self.init in p.inits,
-              f"init (the mask to refine) is for {_names(lambda q: q.inits)} with {' | '.join(p.inits) or '-'}, not {self.method} with {self.init!r}"
+              f"init (the mask to refine) is for {_names(lambda q: q.inits)} only, not {self.method}"
               if not p.inits else f"{self.method} refines a {' | '.join(p.inits)} mask, not {self.init!r}")
         if p.inits: set_("init", self.init or p.inits[0])
 

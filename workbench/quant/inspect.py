@@ -120,8 +120,8 @@ class MassiveTracker:
     def summary(self, block:int) -> dict:
         "The block's line of the report."
         return dict(block=block, max_abs=abs(self.top[0]["value"]), median_abs=sorted(self.medians)[len(self.medians) // 2],
-                    ratio=self.top[0]["ratio"], massive=self.count, dims=dict(self.dims.most_common(8)),
-                    positions=dict(self.positions.most_common(8)), top=self.top)
+                    ratio=self.top[0]["ratio"], massive=self.count, top=self.top,   # [index, count] pairs, most frequent first
+                    dims=[list(t) for t in self.dims.most_common(8)], positions=[list(t) for t in self.positions.most_common(8)])
 
 # %% ../../nbs/39_quant_inspect.ipynb #4ebea908
 LEVELS = ("little to gain", "may help", "helps")
@@ -155,12 +155,13 @@ def _awq(L:list[dict]) -> dict:
 def _smoothquant(L:list[dict]) -> dict:
     best = max(L, key=lambda l: l["absmax_spread"]); v = best["absmax_spread"]
     why = (f"the largest per-channel |x| is {v:.1f}× the median channel's ({best['name']}): a per-tensor INT8 scale leaves "
-           f"the median channel about {127 / v:.0f} of 127 levels" +
+           f"the median channel about {127 / v:.2g} of 127 levels" +
            ("; migrating the range into the weights (SmoothQuant) recovers them" if _level(v, "smoothquant") != LEVELS[0] else ""))
     return dict(measure=v, layers=_where(L, "absmax_spread", THRESHOLDS["smoothquant"][0])[:8], reason=why)
 
 def _wanda(L:list[dict]) -> dict:
     P = [l for l in L if l["wanda_over_magnitude"] is not None]
+    if not P: return dict(measure=1.0, layers=[], reason="no prunable layer (the LM head and embedding-tied weights are never pruned)")
     v = sum(l["wanda_over_magnitude"] for l in P) / len(P)
     best = max(P, key=lambda l: l["rms_spread"])
     why = (f"at 50 % magnitude pruning removes {v:.2f}× the output error of Wanda's mask (mean of {len(P)} layers, diagonal "
@@ -172,14 +173,15 @@ def _rotation(L:list[dict], massive:dict) -> dict:
     best = max(L, key=lambda l: l["kurtosis"] if math.isfinite(l["kurtosis"]) else -1); k = best["kurtosis"]
     hit = [b for b in massive["blocks"] if b["massive"]]
     if hit:
-        dims = sorted({d for b in hit for d in b["dims"]}); pos = sorted({p for b in hit for p in b["positions"]})
+        dims = sorted({d for b in hit for d, _ in b["dims"]}); pos = sorted({p for b in hit for p, _ in b["positions"]})
         why = (f"massive activations (|h| ≥ {MASSIVE_ABS:g} and ≥ {MASSIVE_RATIO:,.0f}× the median) in blocks "
                f"{hit[0]['block']}–{hit[-1]['block']} ({len(hit)} blocks), dims {dims[:8]}, positions {pos[:8]}, up to "
                f"{max(b['max_abs'] for b in hit):,.0f}; largest input kurtosis {k:,.0f} ({best['name']}): a rotation spreads them")
         return dict(verdict=LEVELS[2], measure=k, layers=[f"block {b['block']}" for b in hit][:8], reason=why)
-    why = (f"no massive activation (largest |h| {max(b['max_abs'] for b in massive['blocks']):.1f}, "
-           f"{max(b['ratio'] for b in massive['blocks']):.0f}× its block's median); largest input kurtosis {k:.1f} "
-           f"({best['name']}; Gaussian: 3)")
+    bl = massive["blocks"]
+    why = ((f"no massive activation (largest |h| {max(b['max_abs'] for b in bl):.1f}, {max(b['ratio'] for b in bl):.0f}× its "
+            "block's median)" if bl else "no decoder blocks found to look for massive activations") +
+           f"; largest input kurtosis {k:.1f} ({best['name']}; Gaussian: 3)")
     return dict(measure=k, layers=_where(L, "kurtosis", THRESHOLDS["rotation"][0])[:8], reason=why)
 
 def verdicts(layers:list[dict],      # `layer_summary` dicts
@@ -257,6 +259,6 @@ def format_inspection(rep:dict,   # What `inspect_model` returned
     for b in (hit or m["blocks"])[:len(m["blocks"])]:
         t = b["top"][0]
         out.append(f"  block {b['block']:>3}: max |h| {b['max_abs']:>10,.1f} at position {t['position']}, dim {t['dim']}; "
-                   f"median {b['median_abs']:.3f} ({f(b['ratio'], 0)}×)" + (f"; {b['massive']} massive, dims {list(b['dims'])}" if b["massive"] else ""))
+                   f"median {b['median_abs']:.3f} ({f(b['ratio'], 0)}×)" + (f"; {b['massive']} massive, dims {[d for d, _ in b['dims']]}" if b["massive"] else ""))
     out += [""] + [f"{k:<11} {v['verdict']:<14} {v['reason']}" for k, v in rep["verdicts"].items()]
     return "\n".join(out)

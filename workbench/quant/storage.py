@@ -92,6 +92,7 @@ class QuantLinear(nn.Module):
         "Move buffers with the module but keep their stored dtypes (fp16 scales, uint8 zeros); the bias follows."
         before = {k: b for k, b in self._buffers.items() if b is not None}
         super()._apply(fn, recurse)
+        self.__dict__.pop("_kern", None)        # a moved layer rebuilds its kernel layout (or takes the dequantize path) where it is
         for k, b in before.items():
             if self._buffers[k].dtype != b.dtype: self._buffers[k] = b.to(self._buffers[k].device)
         return self
@@ -212,15 +213,21 @@ def _key(m:QuantLinear) -> tuple:
     return tuple((k, b.data_ptr(), b.device, ver(b)) for k, b in m._buffers.items() if b is not None)
 
 @torch.no_grad()
+def _build(m:QuantLinear, kind:str, key:tuple|None=None) -> dict:
+    m._kern = dict(kind=kind, key=key or _key(m), **_BUILD[kind](m)); return m._kern
+
+def _planned(m:QuantLinear) -> str:
+    "The path asked for, while it can run where the layer is; else the automatic one."
+    ok, asked = kernel_kinds(m), getattr(m, "kernel_choice", None)
+    return asked if asked in ok else ok[0]
+
 def prepare_kernel(self:QuantLinear, kind:str|None=None, # int4pack | int8pack | dyn4 | dequant; None: the fastest exact one
                   ) -> str:
     "Build the kernel layout `forward` will use (also done by the first forward); returns the path."
     ok = kernel_kinds(self)
     check(kind is None or kind in ok, f"path {kind!r} cannot run {self!r} on {self.qweight.device}: use one of {', '.join(ok)}")
     self.kernel_choice = kind
-    kind = kind or ok[0]
-    self._kern = dict(kind=kind, key=_key(self), **_BUILD[kind](self))
-    return kind
+    return _build(self, kind or ok[0])["kind"]
 
 _LOCAL = threading.local()
 
@@ -236,8 +243,7 @@ def _kernel(self:QuantLinear) -> str:
     "The path `forward` takes: int4pack | int8pack | dyn4 | dequant (built, or what the first forward will build)."
     if getattr(_LOCAL, "dequant_only", False): return "dequant"
     st = self.__dict__.get("_kern")
-    if st is not None and st["key"] == _key(self): return st["kind"]
-    return getattr(self, "kernel_choice", None) or kernel_kinds(self)[0]
+    return st["kind"] if st is not None and st["key"] == _key(self) else _planned(self)
 
 @property
 def _kernel_bytes(self:QuantLinear) -> int:
@@ -252,11 +258,12 @@ QuantLinear.prepare_kernel, QuantLinear.kernel, QuantLinear.kernel_bytes = prepa
 def _forward(self:QuantLinear, x:torch.Tensor) -> torch.Tensor:
     if hasattr(self, "input_scale"): x = x / self.input_scale.to(x.dtype)
     bias = None if self.bias is None else self.bias.to(x.dtype)
-    kind = "dequant" if torch.is_grad_enabled() and x.requires_grad else self.kernel   # the kernels have no backward
-    if kind == "dequant": return F.linear(x, self.dequantize(effective=False).to(x.dtype), bias)
-    st = self.__dict__.get("_kern")
-    if st is None or st["key"] != _key(self): self.prepare_kernel(getattr(self, "kernel_choice", None)); st = self._kern
-    y = _RUN[kind](self, x.reshape(-1, self.in_features), st).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+    st = {"kind": "dequant"}                                   # the kernels have no backward
+    if not (getattr(_LOCAL, "dequant_only", False) or torch.is_grad_enabled() and x.requires_grad):
+        st, key = self.__dict__.get("_kern"), _key(self)
+        if st is None or st["key"] != key: st = _build(self, _planned(self), key)    # first call, or a buffer changed
+    if st["kind"] == "dequant": return F.linear(x, self.dequantize(effective=False).to(x.dtype), bias)
+    y = _RUN[st["kind"]](self, x.reshape(-1, self.in_features), st).to(x.dtype).reshape(*x.shape[:-1], self.out_features)
     return y if bias is None else y + bias
 
 def pack_for_kernel(model:nn.Module, kind:str|None=None, # A path for every layer that can take it; None: each its fastest exact one
