@@ -8,7 +8,7 @@ from workbench.corpus import corpus_dir
 from workbench.corpus import read_text_split
 from workbench.models import load
 from workbench.quant.calib import calib_from_text, capture_inputs, find_blocks, hessian
-from workbench.quant.formats import FORMATS, QuantConfig, rtn
+from workbench.quant.formats import BLOCK_FORMATS, FORMATS, QuantConfig, rtn
 from workbench.quant.gptq import gptq
 from workbench.quant.hawq import hawq_allocate, hutchinson_traces
 from workbench.quant.checkpoint import save_quantized
@@ -64,7 +64,7 @@ def test_gptq_layer_error_at_most_rtn_on_every_layer(text_lm, text_calib):
 
 
 @pytest.mark.parametrize("fmt,bits,group", [("int", b, g) for b in range(2, 9) for g in (32, None)] +
-                         [(f, None, 32) for f in FORMATS if f != "int"])
+                         [(f, None, BLOCK_FORMATS.get(f, (32,))[0]) for f in FORMATS if f != "int"])
 def test_packed_round_trip_is_exact(policy, fmt, bits, group):
     W = policy.model.model.layers[1].mlp.down_proj.weight.detach()       # (160, 480)
     qw = rtn(W, QuantConfig(bits=bits, group_size=group, fmt=fmt))
