@@ -5,7 +5,7 @@ activations, folded into the previous operator, then group-wise RTN with a clipp
 
 # %% ../../nbs/33_quant_awq.ipynb #c9eabcc2
 from __future__ import annotations
-import json, warnings
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path

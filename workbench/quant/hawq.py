@@ -11,7 +11,7 @@ from torch import nn
 from ..core import check
 import warnings
 from .calib import as_batches, capture_inputs, chunks, find_blocks
-from .formats import QuantConfig, quantizer, rtn
+from .formats import QuantConfig, quantizer
 
 # %% auto #0
 __all__ = ['TraceEstimate', 'hutchinson_traces', 'HAWQResult', 'sensitivities', 'hawq_costs', 'solve_allocation', 'hawq_allocate']
