@@ -152,6 +152,12 @@ def test_rotate_refuses_gemma_sandwich_norms_before_changing_anything():
     with pytest.raises(WorkbenchError, match="pre_feedforward_layernorm"): fuse_norms(m)
 
 
+def test_rotate_refuses_a_quantized_model(tiny):
+    m = copy.deepcopy(tiny[0].model); quantize_w8a8(m)
+    with pytest.raises(WorkbenchError, match="rotate the float model"): rotate(m)
+    with pytest.raises(WorkbenchError, match="reads a norm's output"): smooth(m, tiny[1])     # no linear left to smooth
+
+
 # ---- SmolLM2-135M ---------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -204,8 +210,10 @@ def test_rotation_on_smollm2_spreads_outliers_and_helps_activation_quantization(
     print({k: (round(before[k]["kurtosis_mean"], 1), round(after[k]["kurtosis_mean"], 2), round(before[k]["max_median_mean"], 1),
                round(after[k]["max_median_mean"], 2)) for k in before})
     for k in ("q_proj", "gate_proj", "down_proj"):           # residual readers, and down_proj with the online Hadamard
-        assert after[k]["kurtosis_max"] < 10 < before[k]["kurtosis_mean"], (k, before[k], after[k])
+        assert after[k]["kurtosis_mean"] < before[k]["kurtosis_mean"] / 10, (k, before[k], after[k])
         assert after[k]["max_median_max"] < before[k]["max_median_mean"] / 3, (k, before[k], after[k])
+    for k in ("q_proj", "gate_proj"):                         # near Gaussian in every block; a down_proj input whose massive
+        assert after[k]["kurtosis_max"] < 4, (k, after[k])    # value sits in one token stays heavy-tailed (no channel rotation spreads a token)
     def rot_w8a8():
         m = copy.deepcopy(r); quantize_w8a8(m); return m
     def naive():
