@@ -30,7 +30,8 @@ def bench_configs(quick:bool, g:int=128) -> list[tuple[str, QuantConfig]]:
     rows = [(f"{m} W4 g{g}", QuantConfig(m, 4, g)) for m in ("rtn", "awq", "gptq")] + [("rtn W8 per-channel", QuantConfig("rtn", 8, None))]
     if quick: return rows
     rows += [(f"{m} W3 g{g}", QuantConfig(m, 3, g)) for m in ("rtn", "awq", "gptq")]
-    rows += [(f"gptq W4 g{g} act-order", QuantConfig("gptq", 4, g, act_order=True)), ("squeezellm W4", QuantConfig("squeezellm", 4)),
+    rows += [(f"gptq W4 g{g} act-order", QuantConfig("gptq", 4, g, act_order=True)),
+             (f"gptq W4 g{g} damp 0.1", QuantConfig("gptq", 4, g, damp=0.1)), ("squeezellm W4", QuantConfig("squeezellm", 4)),
              (f"nf4 g{g}", QuantConfig(fmt="nf4", group_size=g)), (f"fp8 e4m3 g{g}", QuantConfig(fmt="fp8_e4m3", group_size=g)),
              ("fp4 e2m1 g32", QuantConfig(fmt="fp4_e2m1", group_size=32))]
     for fmt, gs in (("mxfp4", 32), ("nvfp4", 16)):                # the microscaling formats, where registered

@@ -177,7 +177,7 @@ def _call_of(model:nn.Module, mod:nn.Module, batch:torch.Tensor) -> tuple[tuple,
 def group_error_fn(model:nn.Module, group:list[str], # Layers sharing one input, by name
                    X:dict[str, torch.Tensor],  # Their captured inputs (tokens, d_in)
                    batch:torch.Tensor,         # The first calibration window (1-D token ids): where the block's call is read
-                   max_tokens:int=8192,        # Tokens the error is measured on
+                   max_tokens:int=2048,        # Tokens the error is measured on (20 block runs per group: the cost of AWQ on a CPU)
                    chunk:int=8,                # Windows per forward of the block
                   ) -> Callable:
     "err(Ŵs): squared output error of the block `group` feeds (the layers' common parent; the layer itself when alone), with its weights set to Ŵs."
