@@ -30,7 +30,7 @@ def bench_engine_cmd(quick:bool=typer.Option(False, "--quick", help="Width 16, o
 # %% ../nbs/98a_cli_bench.ipynb #3ccc65d3
 @bench_app.command("kernels")
 def bench_kernels_cmd(quick:bool=typer.Option(False, "--quick", help="5 rounds per layer, 24 new tokens, 2 decode passes (< 3 min on 2 CPU cores)"),
-                      threads:Optional[int]=typer.Option(None, help="torch threads for the whole run (default: as set now, e.g. by OMP_NUM_THREADS)"),
+                      threads:Optional[int]=typer.Option(None, help="torch threads for the whole run (default: as set now, e.g. by OMP_NUM_THREADS); 1 on a shared machine"),
                       model:str=typer.Option("smollm2-135m-instruct", help="The model decoded end to end"),
                       device:Optional[str]=None, as_json:bool=typer.Option(False, "--json")):
     "fp32, bf16 and packed int4 / int8 linears (nbs/38a): per-layer latency, end-to-end greedy decode tokens/s, targets."
