@@ -12,7 +12,7 @@ from torch import nn
 from ..core import check, pick_device
 from .calib import BlockStream, as_batches, capture_inputs, find_blocks
 from .formats import QuantConfig, quantizer, tensor_bytes
-from .storage import from_qweight
+from .storage import dequant_only, from_qweight
 
 
 # %% auto #0
@@ -138,22 +138,23 @@ def quantize(model:nn.Module,                 # A transformers model (decoder LM
     for q in methods.values():
         if q.prepare: extras.update(q.prepare(model, {n: model.get_submodule(n) for n, c in plan.items() if c.method == q.name}, batches))
     # blocks run one at a time on streamed hidden states (L block passes, not L²/2 model passes); the rest: whole forwards
-    stream = BlockStream(model, batches, batch_size) if batches is not None and find_blocks(model) else None
-    for stop, names in _units(model, plan):
-        steps = [q for q in methods.values() if q.block_step and any(plan[n].method == q.name for n in names)]
-        remaining, stepped = list(names), {}
-        while remaining:
-            mods = {n: model.get_submodule(n) for n in remaining}
-            if batches is None: X, groups = {}, [remaining]
-            elif stop is not None and stream: X, groups = stream.capture(mods, first_group=bool(stepped) or not steps)
-            else: X, groups = capture_inputs(model, mods, batches, stop, batch_size)
-            if steps and not stepped and batches is not None:
-                for q in steps: stepped.update(q.block_step(model, groups, X, plan, batches[0]))
-                stepped = stepped or {"-": None}
-                continue                                   # recapture: the step may have changed the inputs (AWQ folds x / s)
-            for n in groups[0]: rep.layers.append(_quantize_layer(model, n, plan[n], X.get(n), stepped.get(n, extras.get(n)), storage))
-            remaining = [n for n in remaining if n not in groups[0]]
-        if stop is not None and stream: stream.advance()
+    with dequant_only():      # calibrate in fp32: later blocks see the quantized weights, not the bf16 kernels' rounding
+        stream = BlockStream(model, batches, batch_size) if batches is not None and find_blocks(model) else None
+        for stop, names in _units(model, plan):
+            steps = [q for q in methods.values() if q.block_step and any(plan[n].method == q.name for n in names)]
+            remaining, stepped = list(names), {}
+            while remaining:
+                mods = {n: model.get_submodule(n) for n in remaining}
+                if batches is None: X, groups = {}, [remaining]
+                elif stop is not None and stream: X, groups = stream.capture(mods, first_group=bool(stepped) or not steps)
+                else: X, groups = capture_inputs(model, mods, batches, stop, batch_size)
+                if steps and not stepped and batches is not None:
+                    for q in steps: stepped.update(q.block_step(model, groups, X, plan, batches[0]))
+                    stepped = stepped or {"-": None}
+                    continue                                   # recapture: the step may have changed the inputs (AWQ folds x / s)
+                for n in groups[0]: rep.layers.append(_quantize_layer(model, n, plan[n], X.get(n), stepped.get(n, extras.get(n)), storage))
+                remaining = [n for n in remaining if n not in groups[0]]
+            if stop is not None and stream: stream.advance()
     rep.model_bytes, rep.seconds = model_bytes(model), time.time() - t0
     return rep
 
