@@ -841,6 +841,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'workbench.quant.calib._Stop': ('quant_calib.html#_stop', 'workbench/quant/calib.py'),
                                        'workbench.quant.calib._first': ('quant_calib.html#_first', 'workbench/quant/calib.py'),
                                        'workbench.quant.calib._forward': ('quant_calib.html#_forward', 'workbench/quant/calib.py'),
+                                       'workbench.quant.calib._forward_chunks': ( 'quant_calib.html#_forward_chunks',
+                                                                                  'workbench/quant/calib.py'),
                                        'workbench.quant.calib.as_batches': ('quant_calib.html#as_batches', 'workbench/quant/calib.py'),
                                        'workbench.quant.calib.calib_forward': ( 'quant_calib.html#calib_forward',
                                                                                 'workbench/quant/calib.py'),

@@ -72,13 +72,17 @@ def calib_forward(model:nn.Module, modules:dict[str, nn.Module], # Layers whose 
     if stop_after is not None:
         def stop(*_): raise _Stop()
         hs.append(stop_after.register_forward_hook(stop))
+    _forward_chunks(model, batches, batch_size, hs)
+
+def _forward_chunks(model:nn.Module, batches:list[torch.Tensor], batch_size:int, hooks:list):
+    "Run the samples through `model` in chunks (a hook raising `_Stop` ends a chunk early); remove `hooks` after."
     dev = next(model.parameters()).device
     try:
         for x in chunks(batches, batch_size):
             try: _forward(model, x.to(dev))
             except _Stop: pass
     finally:
-        for h in hs: h.remove()
+        for h in hooks: h.remove()
 
 
 # %% ../../nbs/32_quant_calib.ipynb #9883f1a1
@@ -117,14 +121,7 @@ class BlockStream:
                 self.calls[i].append((rest, kw))
                 if i == len(self.blocks) - 1: raise _Stop()     # the head's output is not needed
             return hook
-        hs = [b.register_forward_pre_hook(grab(i), with_kwargs=True) for i, b in enumerate(self.blocks)]
-        dev = next(model.parameters()).device
-        try:
-            for x in chunks(batches, batch_size):
-                try: _forward(model, x.to(dev))
-                except _Stop: pass
-        finally:
-            for h in hs: h.remove()
+        _forward_chunks(model, batches, batch_size, [b.register_forward_pre_hook(grab(i), with_kwargs=True) for i, b in enumerate(self.blocks)])
 
     @torch.no_grad()
     def run(self, modules:dict[str, nn.Module]|None=None, # Layers inside the current block whose inputs are reported
