@@ -130,7 +130,7 @@ def bench_quant(quick:bool=False, model_dir=None, device=None, seed:int=0, threa
     base = compare_to_reference(lm.model, ref, seed=seed)
     from workbench.harness import read_docs
     docs = {t: read_docs(t, zero_shot_n) for t in zero_shot_tasks}
-    zs_rows = {f"rtn W4 g{group or group_for(lm.model)}", f"awq W4 g{group or group_for(lm.model)}", f"gptq W4 g{group or group_for(lm.model)}"}
+    zs_rows = {f"{m} W4 g{g}" for m in ("rtn", "awq", "gptq")}
     zs_float = zero_shot(lm, lm.model, docs) if docs else None
     rows = [dict(method="float", bits=32, group=None, ppl=base["ppl"], ppl_ci=base["ppl_ci"], gap=0.0, delta_nll=0.0, delta_nll_ci=[0.0, 0.0],
                  kl=0.0, kl_ci=[0.0, 0.0], top1=1.0, top1_ci=[1.0, 1.0], bits_per_param=32.0, stored_bytes_per_param=4.0, seconds=0.0, note="",
