@@ -12,7 +12,7 @@ from .core import check, check_positions
 
 # %% auto #0
 __all__ = ['pass_at_k', 'problem_seed_ci', 'Perplexity', 'perplexity', 'ReferenceScores', 'reference_scores', 'window_ci',
-           'compare_to_reference']
+           'window_scores', 'summarise_windows', 'compare_to_reference']
 
 # %% ../nbs/15_metrics.ipynb #56fac4af
 def pass_at_k(n:int, # Samples drawn
@@ -130,23 +130,37 @@ def window_ci(values, seed:int=0, n_boot:int=2000, level:float=0.95) -> list[flo
     return [float(lo), float(hi)]
 
 @torch.no_grad()
-def compare_to_reference(model, ref:ReferenceScores, batch_size:int=4, seed:int=0, quiet:bool=True) -> dict:
-    "Perplexity, paired ΔNLL, KL(reference ‖ model) and top-1 agreement on the reference's windows, with 95 % intervals."
-    n = len(ref.ids)
+def window_scores(model, ref:ReferenceScores,
+                  windows:slice=slice(None),  # Which of the reference's windows to score
+                  batch_size:int=4, quiet:bool=True) -> dict[str, torch.Tensor]:
+    "Per-window mean NLL, KL(reference ‖ model) and top-1 agreement of `model` on some of the reference's windows."
+    ids, top_ids, top_logp = ref.ids[windows], ref.top_ids[windows], ref.top_logp[windows]
+    n = len(ids)
     nll, kl, top1 = torch.empty(n), torch.empty(n), torch.empty(n)
-    for rows, logq in _logprobs(model, ref.ids, batch_size, quiet, "compare"):
-        x = ref.ids[rows].to(logq.device)
+    for rows, logq in _logprobs(model, ids, batch_size, quiet, "compare"):
+        x = ids[rows].to(logq.device)
         nll[rows] = -logq.gather(-1, x[:, 1:, None])[..., 0].mean(-1).cpu()
-        p_logp = ref.top_logp[rows].to(logq.device)
-        q_logp = logq.gather(-1, ref.top_ids[rows].to(logq.device).long())
+        p_logp = top_logp[rows].to(logq.device)
+        q_logp = logq.gather(-1, top_ids[rows].to(logq.device).long())
         p_tail = (1 - p_logp.exp().sum(-1)).clamp_min(1e-12); q_tail = (1 - q_logp.exp().sum(-1)).clamp_min(1e-12)
         tok_kl = (p_logp.exp() * (p_logp - q_logp)).sum(-1) + p_tail * (p_tail.log() - q_tail.log())
         kl[rows] = tok_kl.clamp_min(0).mean(-1).cpu()
-        top1[rows] = (logq.argmax(-1) == ref.top_ids[rows, :, 0].to(logq.device)).float().mean(-1).cpu()
-    base = ref.nll.mean(-1)
+        top1[rows] = (logq.argmax(-1) == top_ids[rows, :, 0].to(logq.device)).float().mean(-1).cpu()
+    return {"nll": nll, "kl": kl, "top1": top1}
+
+def summarise_windows(ref:ReferenceScores, nll, kl, top1, seed:int=0) -> dict:
+    "Perplexity, paired ΔNLL, KL and top-1 agreement (95 % window-bootstrap intervals) from per-window scores of the first windows."
+    nll, kl, top1 = (torch.as_tensor(v, dtype=torch.float32) for v in (nll, kl, top1))
+    n = len(nll)
+    base = ref.nll[:n].mean(-1)
     nll_ci = window_ci(nll, seed)
     return dict(ppl=math.exp(nll.mean().item()), ppl_ci=[math.exp(v) for v in nll_ci], nll=nll.mean().item(),
                 ref_ppl=math.exp(base.mean().item()),
                 delta_nll=(nll - base).mean().item(), delta_nll_ci=window_ci(nll - base, seed),
                 kl=kl.mean().item(), kl_ci=window_ci(kl, seed), top1=top1.mean().item(), top1_ci=window_ci(top1, seed),
-                tokens=ref.tokens, windows=n, context=ref.context)
+                tokens=n * (ref.context - 1), windows=n, context=ref.context)
+
+@torch.no_grad()
+def compare_to_reference(model, ref:ReferenceScores, batch_size:int=4, seed:int=0, quiet:bool=True) -> dict:
+    "Perplexity, paired ΔNLL, KL(reference ‖ model) and top-1 agreement on the reference's windows, with 95 % intervals."
+    return summarise_windows(ref, **window_scores(model, ref, batch_size=batch_size, quiet=quiet), seed=seed)
