@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 import numpy as np
 from ..core import check
-from .space import (Config, Evaluator, LayerSpec, SearchSpace, config_from_key, config_key,
+from .space import (Config, Evaluator, LayerSpec, SearchSpace, config_bytes, config_from_key, config_key,
                                      evaluate, layer_bits, uniform_config)
 from .strategies import Strategy, register_strategy
 
@@ -135,8 +135,8 @@ class Knapsack(Strategy):
         self.lo, self.hi = byte_range(self.table, space)
         self.i = 0
     def _propose(self) -> Config:
-        x = [0.0, 1.0][self.i] if self.i < 2 else van_der_corput(self.i - 1)
-        self.i += 1
+        self.i += 1                  # interior budgets only: all-lowest and all-fp16 add no hypervolume
+        x = van_der_corput(self.i)
         return knapsack(self.table, self.space, self.lo + (self.hi - self.lo) * x)
 
 @register_strategy

@@ -449,7 +449,7 @@ def evaluate(ev:Evaluator, config:Config,
     n = ev.windows if windows is None else windows
     check(isinstance(n, int) and 1 <= n <= ev.windows, f"windows must be in 1..{ev.windows}, got {windows!r}")
     key = config_key(config)
-    got = ev.cache.setdefault(key, {"nll": [], "kl": [], "top1": [], "seconds": 0.0})
+    got = ev.cache.setdefault(key, {"nll": [], "kl": [], "top1": [], "seconds": 0.0, "cost": {}})
     if len(got["kl"]) < n:
         t0, threads = time.time(), torch.get_num_threads()
         if ev.threads: torch.set_num_threads(ev.threads)
@@ -459,6 +459,7 @@ def evaluate(ev:Evaluator, config:Config,
         finally: torch.set_num_threads(threads)
         for k in ("nll", "kl", "top1"): got[k] += s[k].tolist()
         got["seconds"] += time.time() - t0
+        got["cost"][len(got["kl"])] = got["seconds"]        # seconds to reach this many windows (benchmarks charge it)
     r = summarise_windows(ev.ref, got["nll"][:n], got["kl"][:n], got["top1"][:n], seed)
     r = {k: (round(v, 8) if isinstance(v, float) else [round(x, 8) for x in v] if isinstance(v, list) else v) for k, v in r.items()}
     return {**r, **config_stats(ev.space, config), "seconds": round(got["seconds"], 3)}
