@@ -23,9 +23,9 @@ ALL_STRATEGIES = ("uniform", "random", "knapsack", "evolution", "nsga2", "tpe", 
                   "random+knapsack", "nsga2+knapsack")
 
 def sweep_space(model:str) -> dict:
-    "The benchmark's space: every linear (text LM) or every sub-layer (a fetched model), integer and float formats, head included."
+    "The benchmark's space: every linear (text LM) or every block (a fetched model: 31 units, a table in minutes), int and float formats, head included."
     from workbench.fetch import MODELS
-    if model in MODELS: return {"model": model, "unit": "sublayer", "precision": ["int3", "int4", "nf4", "int8", "fp16"]}
+    if model in MODELS: return {"model": model, "unit": "block", "precision": ["int3", "int4", "nf4", "int8", "fp16"]}
     return {"model": model, "unit": "linear", "precision": ["int2", "int3", "int4", "nf4", "int8", "fp8_e4m3", "fp16"]}
 
 def _strategy_kw(name:str, trials:int) -> dict:
@@ -50,7 +50,7 @@ def _cost(ev:Evaluator, key:str, windows:int) -> float:
 def bench_sweep(model:str="text-lm",
                 quick:bool=False,                # 2 seeds, few trials, 2 rungs: minutes
                 seeds:int|None=None,             # Seeds per strategy (default 3; 2 with quick)
-                trials:int|None=None,            # Trials asked per run (default 48 text LM / 24 fetched; quick 12 / 8)
+                trials:int|None=None,            # Trials asked per run (default 48 text LM / 12 fetched; quick 12 / 8)
                 strategies:tuple|None=None,      # Names; "NAME+knapsack" seeds NAME with knapsack configurations
                 eval_tokens:int|None=None,       # Top-rung tokens (default 16,384; quick 4,096 / 2,048)
                 ref_kl:float=1.0,                # Hypervolume reference KL (nats per token); bytes: the fp16 model
@@ -60,7 +60,7 @@ def bench_sweep(model:str="text-lm",
     from workbench.explore.knapsack import additivity, sensitivity_table
     fetched = model in MODELS
     seeds = seeds or (2 if quick else 3)
-    trials = trials or ((8 if fetched else 12) if quick else (24 if fetched else 48))
+    trials = trials or ((8 if fetched else 12) if quick else (12 if fetched else 48))
     strategies = tuple(strategies or ALL_STRATEGIES)
     import workbench.explore.knapsack, workbench.explore.proxy_search   # noqa: F401
     for s in strategies:
@@ -71,9 +71,10 @@ def bench_sweep(model:str="text-lm",
     t0 = time.time()
     space = load_space(sweep_space(model))
     eval_tokens = eval_tokens or ((2048 if fetched else 4096) if quick else 16384)
-    base_cfg = SweepConfig(space=sweep_space(model), trials=trials, eval_tokens=eval_tokens, rungs=2 if quick else 3, ref_kl=ref_kl)
+    fid = (dict(rungs=2, eta=4, first_tokens=512) if fetched else dict(rungs=2, eta=4) if quick else dict(rungs=3, eta=3))
+    base_cfg = SweepConfig(space=sweep_space(model), trials=trials, eval_tokens=eval_tokens, ref_kl=ref_kl, **fid)
     ev = Evaluator(space, eval_tokens=eval_tokens)
-    windows = rung_windows(base_cfg, ev.windows)
+    windows = rung_windows(base_cfg, ev.windows, ev.context)
     table_path = workbench_home() / "sweep" / f"table-{space.fingerprint()}-{windows[0]}.json"
     table_path.parent.mkdir(parents=True, exist_ok=True)
     t1 = time.time(); table = sensitivity_table(ev, windows[0], table_path, quiet=quiet); table_s = table.seconds
@@ -84,7 +85,7 @@ def bench_sweep(model:str="text-lm",
         base, _, extra = name.partition("+")
         for sd in range(seed, seed + seeds):
             cfg = SweepConfig(space=base_cfg.space, strategy=base, strategy_kw=_strategy_kw(base, trials), trials=trials,
-                              seed=sd, seed_with=(extra,) if extra else (), eval_tokens=eval_tokens, rungs=base_cfg.rungs, ref_kl=ref_kl)
+                              seed=sd, seed_with=(extra,) if extra else (), eval_tokens=eval_tokens, ref_kl=ref_kl, **fid)
             ts = time.time()
             strat = make_strategy(base, space, sd, initial_configs(cfg, ev, table_path), ev=ev, **table_kw(cfg, ev, table_path))
             out = search(strat, cfg, windows, local.evaluate, [space_bytes(space), ref_kl])

@@ -224,8 +224,8 @@ def evolve_proxy(features:dict[str, np.ndarray],   # `ProxyFeatures` output for 
             donor = pop[rng.integers(len(pop))] if rng.random() < crossover else None
             kids.append(_mutate_expr(pop[a], rng, max_size, donor))
         uniq = {expr_str(e): e for e in pop + kids if np.isfinite(fit(e))}       # screening and diversity
-        pop = sorted(uniq.values(), key=lambda e: (-fit(e), expr_size(e), expr_str(e)))[:population]
-    return pop[0], fit(pop[0])
+        pop = sorted(uniq.values(), key=lambda e: (-fit(e), expr_size(e), expr_str(e)))[:population] or pop
+    r = fit(pop[0]); return pop[0], (r if np.isfinite(r) else float("nan"))   # NaN: nothing ranks (constant KL)
 
 # %% ../../nbs/52b_explore_proxy_search.ipynb #41e664b8
 def rank_against_measured(ev:Evaluator, configs:list[Config], measured_kl:list[float],
@@ -260,7 +260,7 @@ class EMQ(Strategy):
                  refit:int=0):            # Evolve again every `refit` further results (0: once)
         super().__init__(space, seed, init)
         check(ev is not None and ev.space.fingerprint() == space.fingerprint(), "EMQ needs the evaluator of this space (ev=...)")
-        check(n_measure >= 8 and candidates >= 1, f"need n_measure ≥ 8 and candidates ≥ 1, got {n_measure}, {candidates}")
+        check(n_measure >= 4 and candidates >= 1, f"need n_measure ≥ 4 and candidates ≥ 1, got {n_measure}, {candidates}")
         self.ev, self.n_measure, self.candidates, self.generations, self.population, self.refit = ev, n_measure, candidates, generations, population, refit
         self.bits_target = Stratified(*bits_range(space), self.rng)
         self.lo, self.hi = (config_bytes(space, uniform_config(space, f(space.precision, key=precision_bits))) for f in (min, max))

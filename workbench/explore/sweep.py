@@ -37,7 +37,8 @@ class SweepConfig:
     seed_with: tuple = ()                        # Ask these first: uniform | hawq | knapsack configurations
     eval_tokens: int = 16384                     # Tokens of the top rung (the front's evaluation)
     rungs: int = 3                               # Fidelity levels; rung r scores eval_tokens / eta^(rungs-1-r) tokens
-    eta: int = 4                                 # Promotion ratio between rungs
+    eta: int = 4                                 # Promotion ratio between rungs: the best 1/eta go up
+    first_tokens: int|None = None                # Tokens of rung 0; None = eval_tokens / eta^(rungs-1) (windows grow geometrically)
     ref_kl: float = 1.0                          # Hypervolume reference: KL (nats per token) …
     ref_bytes: int|None = None                   # … and bytes (None = the fp16 model's bytes)
 
@@ -82,9 +83,11 @@ def load_sweep_config(src=None,             # YAML path, YAML string or dict; No
     try: return SweepConfig(**d)
     except TypeError as e: raise WorkbenchError(f"bad sweep config: {e}") from None
 
-def rung_windows(cfg:SweepConfig, windows:int) -> list[int]:
-    "Windows scored at each rung, given the evaluator's total."
-    return [max(1, windows // cfg.eta ** (cfg.rungs - 1 - r)) for r in range(cfg.rungs)]
+def rung_windows(cfg:SweepConfig, windows:int, context:int) -> list[int]:
+    "Windows scored at each rung, given the evaluator's total and window length."
+    w0 = max(1, cfg.first_tokens // context if cfg.first_tokens else windows // cfg.eta ** (cfg.rungs - 1))
+    if cfg.rungs == 1: return [windows]
+    return [int(round(w0 * (windows / w0) ** (r / (cfg.rungs - 1)))) for r in range(cfg.rungs)]
 
 # %% ../../nbs/53_explore_sweep.ipynb #5b1ffc10
 class LocalBackend:
@@ -247,13 +250,13 @@ def initial_configs(cfg:SweepConfig, ev:Evaluator, table_path:str|Path|None=None
     for s in cfg.seed_with:
         if s == "uniform": out += [uniform_config(sp, p) for p in sp.precision]
         elif s == "hawq": out += hawq_seeds(ev, seed=cfg.seed)
-        else: out += knapsack_front(sensitivity_table(ev, rung_windows(cfg, ev.windows)[0], table_path), sp, 8)
+        else: out += knapsack_front(sensitivity_table(ev, rung_windows(cfg, ev.windows, ev.context)[0], table_path), sp, 8)
     return list({config_key(c): c for c in out}.values())
 
 def table_kw(cfg:SweepConfig, ev:Evaluator, table_path) -> dict:
     "The strategy's arguments; the knapsack measures its table on rung 0's windows and keeps it next to the store."
     kw = dict(cfg.strategy_kw)
-    if cfg.strategy == "knapsack": kw = {"windows": rung_windows(cfg, ev.windows)[0], "table_path": str(table_path), **kw}
+    if cfg.strategy == "knapsack": kw = {"windows": rung_windows(cfg, ev.windows, ev.context)[0], "table_path": str(table_path), **kw}
     return kw
 
 def run_sweep(cfg:SweepConfig,
@@ -285,7 +288,7 @@ def _run_locked(cfg, store, resume, backend, address, on_trial, quiet, space, t0
             store_trial(study, space, k, r, res, ask_index)
             if r == 0 and on_trial is not None: on_trial(_trial_event(n0[0], k, res, space)); n0[0] += 1
         ref = [cfg.ref_bytes or config_bytes(space, uniform_config(space)), cfg.ref_kl]
-        out = search(strat, cfg, rung_windows(cfg, ev.windows), be.evaluate, ref, done, on_new, quiet)
+        out = search(strat, cfg, rung_windows(cfg, ev.windows, ev.context), be.evaluate, ref, done, on_new, quiet)
     finally: be.close()
     return summarise(cfg, space, out, store, backend, n_before, time.time() - t0)
 
