@@ -151,10 +151,11 @@ def test_pruner_pinned(pins, text_lm, calib, case):
 def test_compression_search_pinned(pins):
     import numpy as np
     from workbench.explore.space import Evaluator, config_key, load_space, random_config
-    space = load_space({"model": "text-lm", "layers": "model.layers.0.*", "bits": [3, 4, 8, 16], "sparsity": [0.0, 0.5],
-                        "quant_method": ["rtn", "gptq"], "prune_method": ["magnitude", "wanda"]})
+    space = load_space({"model": "text-lm", "layers": "model.layers.0.*", "precision": ["int3", "int4", "nf4", "int8", "fp16"],
+                        "sparsity": [0.0, 0.5, "2:4"], "quant_method": ["rtn", "gptq"], "prune_method": ["magnitude", "wanda"]})
     rng = np.random.default_rng(0)
     configs = [random_config(space, rng) for _ in range(3)]
-    ev = Evaluator(space, eval_tokens=512, context=128, calib_windows=4)
-    check_pin(pins, "explore/random-3", {"configs": [config_key(c) for c in configs],
-                                         "ppl": [ev(c)["ppl"] for c in configs], "bytes": [ev(c)["bytes"] for c in configs]})
+    ev = Evaluator(space, eval_tokens=512, calib_windows=4)
+    res = [ev(c) for c in configs]
+    check_pin(pins, "explore/random-3", {"configs": [config_key(c) for c in configs], "kl": [r["kl"] for r in res],
+                                         "ppl": [r["ppl"] for r in res], "bytes": [r["bytes"] for r in res]})

@@ -27,7 +27,7 @@ def policy_at(bits:int, device=None, group_size:int=32):
     lin = prunable_linears(lm.model)
     params = {id(p): p for p in lm.model.parameters()}
     other = sum(p.numel() for k, p in params.items() if k not in {id(m.weight) for m in lin.values()})
-    spec = LayerSpec(bits, 0.0, group_size, "rtn")
+    spec = LayerSpec("fp16" if bits == 16 else f"int{bits}", 0.0, group_size, "rtn")
     weight_bytes = 2 * other + sum(layer_bits(*m.weight.shape, spec) for m in lin.values()) // 8
     if bits < 16: quantize(lm.model, QuantConfig("rtn", bits, group_size), storage="fake")
     else: lm.model.half().float()      # fp16 values

@@ -16,7 +16,7 @@ from .strategies import Strategy, register_strategy
 
 # %% auto #0
 __all__ = ['solve_choices', 'SensitivityTable', 'sensitivity_table', 'knapsack', 'byte_range', 'van_der_corput', 'knapsack_front',
-           'additivity', 'Knapsack', 'Uniform']
+           'additivity', 'kernel_kind', 'latency_table', 'Knapsack', 'Uniform']
 
 # %% ../../nbs/52a_explore_knapsack.ipynb #21227fe5
 def solve_choices(cost:list[list[float]],   # cost[u][o]: predicted loss of option o of unit u
@@ -122,6 +122,28 @@ def additivity(table:SensitivityTable, configs:list[Config], measured:list[float
     r2 = 1 - ((m - p) ** 2).sum() / max(((m - m.mean()) ** 2).sum(), 1e-30)
     return {"configs": len(m), "spearman": float(spearmanr(p, m).statistic), "r2": float(r2),
             "ratio_mean": float(np.mean(m / np.maximum(p, 1e-12)))}
+
+# %% ../../nbs/52a_explore_knapsack.ipynb #e52bb9ae
+def kernel_kind(s:LayerSpec) -> str:
+    "The `benchmarks.kernels` layer that runs a spec: packed int4 (≤ 4-bit ints), packed int8 (5–8-bit ints), else bf16."
+    if s.precision.startswith("int") and s.bits <= 4: return "w4_packed"
+    return "w8_packed" if s.precision.startswith("int") else "bf16"
+
+def latency_table(table:SensitivityTable, space:SearchSpace, batch:int=1, device:str="cpu", rounds:int=5) -> list[list[float]]:
+    "Measured milliseconds of each option of each unit (Σ of its members' layers in their kernels), same layout as the table."
+    import torch
+    from workbench.benchmarks.kernels import make_layer, time_calls
+    shapes = {tuple(sh) for shp in space.shapes for sh in shp}
+    kinds = {kernel_kind(s) for u in range(len(space)) for s in table.specs(u)}
+    ms = {}
+    for rows, cols in sorted(shapes):
+        W = torch.randn(rows, cols, generator=torch.Generator().manual_seed(0)).mul_(0.02).to(device)
+        layers = {k: make_layer(k, W) for k in sorted(kinds)}
+        x = torch.randn(batch, cols, generator=torch.Generator().manual_seed(1)).to(device)
+        with torch.no_grad():
+            r = time_calls({k: (lambda m=m, x=x.to(dt): m(x)) for k, (m, dt) in layers.items()}, rounds, 0.2)
+        ms.update({(rows, cols, k): v["ms"] for k, v in r.items()})
+    return [[sum(ms[(r, c, kernel_kind(s))] for r, c in space.shapes[u]) for s in table.specs(u)] for u in range(len(space))]
 
 # %% ../../nbs/52a_explore_knapsack.ipynb #a462089b
 @register_strategy
