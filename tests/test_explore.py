@@ -170,7 +170,9 @@ def test_kl_sees_what_perplexity_misses():
     r = {b: ev(uniform_config(sp, b)) for b in (16, 8, 4)}
     assert r[16]["kl"] < r[8]["kl"] < r[4]["kl"]
     assert r[16]["kl_ci"][1] < r[8]["kl_ci"][0] and r[8]["kl_ci"][1] < r[4]["kl_ci"][0]
-    assert r[4]["tokens"] == 8 * 255 and r[4]["delta_nll_ci"][0] > 0
+    assert r[4]["tokens"] == 8 * 255
+    rel = lambda x, k: (x[f"{k}_ci"][1] - x[f"{k}_ci"][0]) / abs(x[k])
+    assert rel(r[4], "kl") < 0.5 * rel(r[4], "delta_nll")        # the paired KL's interval is far tighter than ΔNLL's
 
 
 def test_knapsack_beats_uniform_and_random_at_equal_size():
@@ -181,9 +183,10 @@ def test_knapsack_beats_uniform_and_random_at_equal_size():
     sp = load_space({"model": "text-lm", "unit": "sublayer", "bits": [2, 3, 4, 8, 16]})
     ev = Evaluator(sp, eval_tokens=2048)
     t = sensitivity_table(ev, windows=4)
-    for b in (3, 4):
+    for b in (3, 4):      # at int4's size uniform int4 may itself be the knapsack's answer: never worse, strictly better at int3
         u = uniform_config(sp, b); k = knapsack(t, sp, config_bytes(sp, u))
-        assert config_bytes(sp, k) <= config_bytes(sp, u) and ev(k, windows=8)["kl"] < ev(u, windows=8)["kl"]
+        assert config_bytes(sp, k) <= config_bytes(sp, u) and ev(k, windows=8)["kl"] <= ev(u, windows=8)["kl"]
+        if b == 3: assert ev(k, windows=8)["kl"] < 0.98 * ev(u, windows=8)["kl"]       # 0.200 vs 0.207 with 9 sub-layer units
     rand = RandomSearch(sp, seed=0).ask(10)
     wins = [ev(knapsack(t, sp, config_bytes(sp, c)), windows=4)["kl"] <= ev(c, windows=4)["kl"] * 1.02 for c in rand]
     assert sum(wins) >= 9, wins
@@ -192,11 +195,15 @@ def test_knapsack_beats_uniform_and_random_at_equal_size():
 
 
 def test_stratified_random_spans_the_bits_range():
-    from workbench.explore.space import config_stats, load_space
+    import numpy as np
+    from workbench.explore.space import config_stats, load_space, random_config
     from workbench.explore.strategies import RandomSearch
     sp = load_space({"model": "text-lm", "bits": [2, 3, 4, 8, 16]})
-    avg = sorted(config_stats(sp, c)["avg_bits"] for c in RandomSearch(sp, seed=0).ask(24))
-    assert avg[0] < 3.5 and avg[-1] > 12 and avg[len(avg) // 2] < 9         # independent uniform draws all land near 6.6
+    avg = np.array([config_stats(sp, c)["avg_bits"] for c in RandomSearch(sp, seed=0).ask(24)])
+    rng = np.random.default_rng(0)
+    iid = np.array([config_stats(sp, random_config(sp, rng))["avg_bits"] for _ in range(24)])
+    assert avg.min() < 3.5 and avg.max() > 12 and avg.std() > 3          # the whole range, evenly
+    assert 4 < iid.min() and iid.max() < 9.5 and iid.std() < 1.5          # independent uniform draws pile up near 6.6
 
 
 def test_joint_prune_quantize_keeps_compensation():
