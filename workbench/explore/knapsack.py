@@ -163,8 +163,9 @@ class Knapsack(Strategy):
 
 @register_strategy
 class Uniform(Strategy):
-    "The uniform configurations of the space's precisions (dense), smallest first; then they repeat."
+    "The uniform configurations of the space's precisions (dense), smallest first; then they repeat. All reach the top rung."
     name = "uniform"
+    promote_all = True           # a handful of reference points: each is measured on the full evaluation
     def __init__(self, space, seed=0, init=()):
         from workbench.explore.space import precision_bits
         super().__init__(space, seed, init)

@@ -231,7 +231,8 @@ def search(strategy, cfg:SweepConfig, windows:list[int],   # Windows per rung
     promoted = [alive]
     for r in range(1, len(windows)):
         prev = promoted[-1]
-        keep = select_promoted([[done[(k, r - 1)][o] for o in OBJECTIVES] for k in prev], math.ceil(len(prev) / cfg.eta), ref)
+        n_keep = len(prev) if getattr(strategy, "promote_all", False) else math.ceil(len(prev) / cfg.eta)   # a fixed baseline set goes up whole
+        keep = select_promoted([[done[(k, r - 1)][o] for o in OBJECTIVES] for k in prev], n_keep, ref)
         nxt = [prev[j] for j in keep]
         run([(k, r) for k in nxt])
         promoted.append(nxt)
