@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np, torch
 from ..core import check, workbench_home
 from ..explore.space import Evaluator, config_from_key, config_key, evaluate, load_space
-from ..explore.strategies import STRATEGIES, make_strategy
+from ..explore.strategies import STRATEGIES, Archive, make_strategy
 from ..explore.sweep import (LocalBackend, SweepConfig, front_of, initial_configs, rung_windows, search, table_kw)
 from ..explore.pareto import hypervolume
 
@@ -79,7 +79,7 @@ def bench_sweep(model:str="text-lm",
     table_path.parent.mkdir(parents=True, exist_ok=True)
     t1 = time.time(); table = sensitivity_table(ev, windows[0], table_path, quiet=quiet); table_s = table.seconds
     if not quiet: print(f"sensitivity table: {table.evaluations} evaluations, {table_s:.0f} s (read back in {time.time() - t1:.1f} s)", file=sys.stderr)
-    local = LocalBackend(space, ev=ev)
+    local, box = LocalBackend(space, ev=ev), space_bytes(space)
     runs = {}
     for name in strategies:
         base, _, extra = name.partition("+")
@@ -88,16 +88,15 @@ def bench_sweep(model:str="text-lm",
                               seed=sd, seed_with=(extra,) if extra else (), eval_tokens=eval_tokens, ref_kl=ref_kl, **fid)
             ts = time.time()
             strat = make_strategy(base, space, sd, initial_configs(cfg, ev, table_path), ev=ev, **table_kw(cfg, ev, table_path))
-            out = search(strat, cfg, windows, local.evaluate, [space_bytes(space), ref_kl])
+            out = search(strat, cfg, windows, local.evaluate, [box, ref_kl])
             done, top = out["done"], len(windows) - 1
             finals = [done[(k, top)] for k in out["promoted"][top]]
-            hv = hypervolume([[r["bytes"], r["kl"]] for r in finals], ("min", "min"), [space_bytes(space), ref_kl])
-            from workbench.explore.strategies import Archive
+            hv = hypervolume([[r["bytes"], r["kl"]] for r in finals], ("min", "min"), [box, ref_kl])
             arch = Archive(space)
             for k in dict.fromkeys(out["asked"]): arch.add(config_from_key(k), done[(k, 0)])
             uses_table = base in ("knapsack",) or extra == "knapsack"
             cost = sum(_cost(ev, k, windows[r]) for (k, r) in done if (k, r + 1) not in done) + (table_s if uses_table else 0)
-            runs.setdefault(name, []).append(dict(seed=sd, hv=hv / (space_bytes(space) * ref_kl), trials=trials,
+            runs.setdefault(name, []).append(dict(seed=sd, hv=hv / (box * ref_kl), trials=trials,
                 evaluations=len(done), distinct=len(set(out["asked"])), wall_s=cost, run_s=time.time() - ts,
                 coverage=arch.coverage(), qd_score=arch.qd_score(ref_kl),
                 front=[{k: r[k] for k in ("bytes", "kl", "kl_ci", "avg_bits", "ppl")} for r in front_of(finals)],
@@ -113,7 +112,7 @@ def bench_sweep(model:str="text-lm",
                for n, rs in runs.items()}
     return {"model": model, "space": sweep_space(model), "units": len(space), "seeds": seeds, "trials": trials,
             "rungs": [{"windows": w, "tokens": w * (ev.context - 1)} for w in windows], "context": ev.context,
-            "reference": {"bytes": space_bytes(space), "kl": ref_kl},
+            "reference": {"bytes": box, "kl": ref_kl},
             "table": {"evaluations": table.evaluations, "seconds": table_s, "windows": table.windows}, "additivity": add,
             "strategies": summary, "runs": runs, "wall_s": time.time() - t0}
 

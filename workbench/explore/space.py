@@ -60,8 +60,7 @@ class LayerSpec:
         check(self.quant_method in QUANT_METHODS, f"quant_method must be one of {', '.join(QUANT_METHODS)}, got {self.quant_method!r}")
         if not self.precision.startswith("int"): set_("quant_method", "rtn")          # float formats: round to nearest
         if self.precision in BLOCK_FORMATS: set_("group_size", BLOCK_FORMATS[self.precision][0])
-        if pruned and self.precision.startswith("int") and "gptq" in (self.quant_method,) or \
-           pruned and self.precision.startswith("int") and self.prune_method == "sparsegpt":
+        if pruned and self.precision.startswith("int") and (self.quant_method == "gptq" or self.prune_method == "sparsegpt"):
             set_("quant_method", "gptq"); set_("prune_method", "sparsegpt"); set_("group_size", None)   # joint mode
         check(self.group_size is None or isinstance(self.group_size, int) and self.group_size >= 1,
               f"group_size must be a positive integer or None, got {self.group_size!r}")

@@ -315,8 +315,7 @@ def summarise(cfg:SweepConfig, space:SearchSpace, out:dict, store, backend:str, 
     arch = Archive(space)
     for k in dict.fromkeys(out["asked"]): arch.add(config_from_key(k), done[(k, 0)])
     return {"store": None if store is None else str(store), "strategy": cfg.strategy, "seed": cfg.seed, "backend": backend,
-            "workers": cfg.workers, "asked": cfg.trials, "evaluations": len(done) - n_before if store else None,
-            "evaluated_now": len(done) - n_before, "reused": n_before, "seconds": seconds,
+            "workers": cfg.workers, "asked": cfg.trials, "evaluated_now": len(done) - n_before, "reused": n_before, "seconds": seconds,
             "rungs": [{"windows": w, "configs": len(p)} for w, p in zip([done[(out["promoted"][r][0], r)]["windows"] for r in range(top + 1)], out["promoted"])],
             "objectives": list(OBJECTIVES), "reference": {"bytes": ref[0], "kl": ref[1]},
             "hypervolume": hv, "hypervolume_normalised": hv / (ref[0] * ref[1]),
