@@ -2,7 +2,8 @@
 import numpy as np, pytest, torch
 from workbench.core import WorkbenchError
 from workbench.explore.space import Evaluator, config_key, config_stats, load_space, random_config
-from workbench.explore.strategies import make_strategy, proxy_scores
+from workbench.explore.strategies import proxy_scores
+from workbench.explore.sweep import make_strategy
 from workbench.explore.proxy_search import (EMQ, FLIQS, HAND_PROXIES, ProxyFeatures, byte_targets, evolve_proxy,
                                             proxy_value, rank_against_measured, spearman)
 

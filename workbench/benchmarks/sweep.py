@@ -7,12 +7,12 @@ one shared evaluator: hypervolume of the top-rung front with a t-interval over s
 # %% ../../nbs/58_bench_sweep.ipynb #0fd7b79a
 from __future__ import annotations
 import math, sys, time
-from pathlib import Path
 import numpy as np, torch
 from ..core import check, workbench_home
-from ..explore.space import Evaluator, config_from_key, config_key, evaluate, load_space
-from ..explore.strategies import STRATEGIES, Archive, make_strategy
-from ..explore.sweep import (LocalBackend, SweepConfig, front_of, initial_configs, rung_windows, search, table_kw)
+from ..explore.space import Evaluator, config_from_key, load_space
+from ..explore.strategies import Archive
+from ..explore.sweep import (STRATEGIES, LocalBackend, SweepConfig, front_of, initial_configs, make_strategy, rung_windows,
+                                     search, table_kw)
 from ..explore.pareto import hypervolume
 
 # %% auto #0
@@ -62,7 +62,6 @@ def bench_sweep(model:str="text-lm",
     seeds = seeds or (2 if quick else 3)
     trials = trials or ((8 if fetched else 12) if quick else (12 if fetched else 48))
     strategies = tuple(strategies or ALL_STRATEGIES)
-    import workbench.explore.knapsack, workbench.explore.proxy_search   # noqa: F401
     for s in strategies:
         base, _, extra = s.partition("+")
         check(base in STRATEGIES and extra in ("", "knapsack", "uniform", "hawq"),

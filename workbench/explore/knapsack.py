@@ -10,13 +10,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 import numpy as np
 from ..core import check
-from .space import (Config, Evaluator, LayerSpec, SearchSpace, config_bytes, config_from_key, config_key,
-                                     evaluate, layer_bits, uniform_config)
-from .strategies import Strategy, register_strategy
+from .space import (Config, Evaluator, LayerSpec, SearchSpace, config_bytes, config_key, evaluate,
+                                     layer_bits, uniform_config)
+from .strategies import Strategy
 
 # %% auto #0
 __all__ = ['solve_choices', 'SensitivityTable', 'sensitivity_table', 'knapsack', 'byte_range', 'van_der_corput', 'knapsack_front',
-           'additivity', 'kernel_kind', 'latency_table', 'Knapsack', 'Uniform']
+           'hawq_seeds', 'additivity', 'kernel_kind', 'latency_table', 'Knapsack', 'Uniform']
 
 # %% ../../nbs/52a_explore_knapsack.ipynb #21227fe5
 def solve_choices(cost:list[list[float]],   # cost[u][o]: predicted loss of option o of unit u
@@ -114,6 +114,36 @@ def knapsack_front(table:SensitivityTable, space:SearchSpace, n:int=16) -> list[
     out = {config_key(c): c for c in (knapsack(table, space, b) for b in sorted(budgets))}
     return sorted(out.values(), key=lambda c: config_bytes(space, c))
 
+# %% ../../nbs/52a_explore_knapsack.ipynb #cdc1ac89
+def hawq_seeds(ev:Evaluator,
+               budgets:tuple[float, ...]=(3.0, 4.5, 6.0),  # Average value bits per searched weight
+               traces:dict|None=None,                     # Precomputed Hutchinson traces; None = estimate them here
+               windows:int=4, window_tokens:int=128, max_iters:int=20, seed:int=0) -> list[Config]:
+    "Dense HAWQ allocations over the space's integer precisions at each budget."
+    from workbench.quant.formats import QuantConfig
+    from workbench.quant.hawq import hawq_costs, hutchinson_traces
+    sp = ev.space
+    ints = sorted((p for p in sp.precision if p.startswith("int")), key=lambda p: int(p[3:]))
+    check(len(ints) >= 2, f"HAWQ needs at least two integer precisions, the space has {list(sp.precision)}")
+    bits = [int(p[3:]) for p in ints]
+    body = [i for i in range(len(sp)) if not sp.frozen_unit(i)]
+    lin = [m for i in body for m in sp.members[i]]
+    ev.restore()
+    if traces is None:
+        batches = [w[:window_tokens] for w in ev.calib()[:windows]]
+        traces = hutchinson_traces(ev.lm.model, lin, batches, max_iters=max_iters, seed=seed)
+    omega, _ = hawq_costs(ev.lm.model, traces, QuantConfig("rtn", bits[0], sp.group_size[0]), tuple(bits))
+    cost = [[sum(omega[m][b] for m in sp.members[i]) for b in bits] for i in body]
+    size = [[sp.params(i) * b for b in bits] for i in body]
+    n = sum(sp.params(i) for i in body)
+    out = []
+    for B in budgets:
+        if B < bits[0] or B > bits[-1]: continue
+        pick = solve_choices(cost, size, B * n)
+        spec = {i: ints[k] for i, k in zip(body, pick)}
+        out.append(tuple(sp.spec(i, precision=spec.get(i, ints[-1])) for i in range(len(sp))))
+    return out
+
 # %% ../../nbs/52a_explore_knapsack.ipynb #f2e42662
 def additivity(table:SensitivityTable, configs:list[Config], measured:list[float]) -> dict:
     "Spearman ρ and R² of the table's predicted KL against measured KL; the mean ratio measured / predicted."
@@ -146,7 +176,6 @@ def latency_table(table:SensitivityTable, space:SearchSpace, batch:int=1, device
     return [[sum(ms[(r, c, kernel_kind(s))] for r, c in space.shapes[u]) for s in table.specs(u)] for u in range(len(space))]
 
 # %% ../../nbs/52a_explore_knapsack.ipynb #a462089b
-@register_strategy
 class Knapsack(Strategy):
     "Knapsack solutions over a measured sensitivity table, at budgets spread over the byte range."
     name = "knapsack"
@@ -161,7 +190,6 @@ class Knapsack(Strategy):
         x = van_der_corput(self.i)
         return knapsack(self.table, self.space, self.lo + (self.hi - self.lo) * x)
 
-@register_strategy
 class Uniform(Strategy):
     "The uniform configurations of the space's precisions (dense), smallest first; then they repeat. All reach the top rung."
     name = "uniform"

@@ -9,7 +9,7 @@ import numpy as np, torch
 from ..core import check
 from .space import (Config, Evaluator, LayerSpec, SearchSpace, apply_config, bits_range, config_bytes,
                                      config_key, layer_bits, precision_bits, random_config, uniform_config)
-from .strategies import Stratified, Strategy, fisher_diag, register_strategy
+from .strategies import Stratified, Strategy, fisher_diag
 
 # %% auto #0
 __all__ = ['OPERANDS', 'UNARY', 'BINARY', 'HAND_PROXIES', 'byte_targets', 'FLIQS', 'ProxyFeatures', 'proxy_value', 'expr_str',
@@ -26,7 +26,6 @@ def _softmax(z:np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(-1, keepdims=True)); return e / e.sum(-1, keepdims=True)
 
 # %% ../../nbs/52b_explore_proxy_search.ipynb #e63b692f
-@register_strategy
 class FLIQS(Strategy):
     "REINFORCE over per-unit formats (integer and float) with FLIQS's absolute cost reward; one policy per byte target."
     name = "fliqs"
@@ -248,7 +247,6 @@ def rank_against_measured(ev:Evaluator, configs:list[Config], measured_kl:list[f
     return {"expr": expr_str(expr), "tree": expr, "rho_train": rho_train, "rho_test": rho, "n_train": len(tr), "n_test": len(te)}
 
 # %% ../../nbs/52b_explore_proxy_search.ipynb #26951044
-@register_strategy
 class EMQ(Strategy):
     "Measure stratified-random configurations, evolve a proxy formula on them, then ask the proxy's best per byte target."
     name = "emq"

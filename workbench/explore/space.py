@@ -7,7 +7,7 @@ on the same tokens, and cannot be corrupted by the order it evaluates them in.""
 # %% ../../nbs/51_explore_space.ipynb #fd13d63c
 from __future__ import annotations
 import fnmatch, hashlib, json, math, time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np, torch
 from ..core import WorkbenchError, brief, check, model_dir, read_text

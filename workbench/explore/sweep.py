@@ -12,15 +12,34 @@ from pathlib import Path
 import numpy as np, torch
 from ..core import WorkbenchError, brief, check, check_writable, read_text
 from .pareto import hypervolume, pareto_mask
-from .space import (Evaluator, SearchSpace, config_from_key, config_key, config_bytes, evaluate,
+from .space import (Config, Evaluator, SearchSpace, config_from_key, config_key, config_bytes, evaluate,
                                      load_space, uniform_config)
-from .strategies import (OBJECTIVES, Archive, STRATEGIES, _dists, config_params, hawq_seeds,
-                                          make_strategy, pareto_ranks)
+from .knapsack import Knapsack, Uniform, hawq_seeds, knapsack_front, sensitivity_table
+from .proxy_search import EMQ, FLIQS
+from .strategies import (MapElites, NSGA2, OBJECTIVES, TPE, Archive, RandomSearch, RegularisedEvolution,
+                                          Strategy, _dists, config_params, pareto_ranks)
 
 # %% auto #0
-__all__ = ['SEEDINGS', 'PRESETS', 'STUDY', 'SweepConfig', 'load_sweep_config', 'rung_windows', 'LocalBackend', 'RayBackend',
-           'store_lock', 'open_store', 'stored_results', 'store_trial', 'select_promoted', 'search', 'initial_configs',
-           'table_kw', 'run_sweep', 'front_of', 'summarise']
+__all__ = ['STRATEGIES', 'SEEDINGS', 'PRESETS', 'STUDY', 'make_strategy', 'SweepConfig', 'load_sweep_config', 'rung_windows',
+           'LocalBackend', 'RayBackend', 'store_lock', 'open_store', 'stored_results', 'store_trial', 'select_promoted',
+           'search', 'initial_configs', 'table_kw', 'run_sweep', 'front_of', 'summarise']
+
+# %% ../../nbs/53_explore_sweep.ipynb #d60e5a77
+STRATEGIES = {c.name: c for c in (RandomSearch, Uniform, Knapsack, RegularisedEvolution, NSGA2, TPE, MapElites, FLIQS, EMQ)}
+
+def make_strategy(name:str, space:SearchSpace, seed:int=0, init:list[Config]=(), ev:Evaluator|None=None, **kw) -> Strategy:
+    "A strategy by name, with its own keyword arguments (population, sample, n_init, …); `ev` for those that measure."
+    import inspect
+    check(name in STRATEGIES, f"unknown strategy {name!r}: use one of {', '.join(STRATEGIES)}")
+    cls = STRATEGIES[name]
+    own = set(inspect.signature(cls.__init__).parameters) - {"self", "space", "seed", "init", "archive", "ev"}
+    if name == "map-elites": own |= {"bytes_bins", "share_edges", "slope_edges"}
+    bad = set(kw) - own
+    check(not bad, f"strategy {name} takes {sorted(own)}, not {sorted(bad)}")
+    if cls.needs_evaluator:
+        check(ev is not None, f"strategy {name} measures the model: pass the sweep's evaluator (ev=...)")
+        kw["ev"] = ev
+    return cls(space, seed=seed, init=list(init), **kw)
 
 # %% ../../nbs/53_explore_sweep.ipynb #58954e08
 SEEDINGS = ("uniform", "hawq", "knapsack")
@@ -43,7 +62,6 @@ class SweepConfig:
     ref_bytes: int|None = None                   # … and bytes (None = the fp16 model's bytes)
 
     def __post_init__(self):
-        import workbench.explore.knapsack, workbench.explore.proxy_search   # noqa: F401 (register their strategies)
         check(self.strategy in STRATEGIES, f"unknown strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
         for k in ("trials", "workers", "eval_tokens", "rungs", "eta"):
             v = getattr(self, k); check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k} must be a positive integer, got {v!r}")
@@ -246,7 +264,6 @@ def _trial_event(number:int, key:str, result:dict, space:SearchSpace) -> dict:
 
 def initial_configs(cfg:SweepConfig, ev:Evaluator, table_path:str|Path|None=None) -> list:
     "The seed configurations `cfg.seed_with` asks for, in order (duplicates dropped)."
-    from workbench.explore.knapsack import knapsack_front, sensitivity_table
     sp, out = ev.space, []
     for s in cfg.seed_with:
         if s == "uniform": out += [uniform_config(sp, p) for p in sp.precision]
