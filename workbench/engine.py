@@ -281,6 +281,7 @@ class Node:
     fed: int = 0                             # Tokens of this node the model has read (its share of prefill + decode)
     prm_tokens: int = 0                      # Tokens the PRM read to score this node's path
     logprobs: list[float] = field(default_factory=list, repr=False)  # Policy log-probability (T = 1) of each token of the step
+    seed: int|None = None                    # Seed of the draw that sampled this step (a stored tree finds a child by it)
 
     def path(self) -> list[Node]:
         "Nodes root → self."
@@ -465,13 +466,19 @@ def _forward(self:Engine, ids:torch.Tensor, pos:torch.Tensor, # (rows, q) token 
 @patch
 def _count(self:Engine, ids:torch.Tensor, pos:torch.Tensor, prefill:bool):
     "Add one forward to the compute ledger: tokens read and the FLOPs estimate (Kaplan et al.'s 2N per token + attention)."
-    s, cfg, n = self.stats, self.model.config, ids.numel()
-    s.forward_passes += 1
+    # each token attends to its position + 1 keys (windows ignored: an upper bound)
+    self._tally(ids.numel(), ids.shape[0], int((pos + 1).sum()), prefill)
+
+@patch
+def _tally(self:Engine, n:int, rows:int, attended:int, # Tokens fed, rows (one logits row each), keys attended in all
+           prefill:bool, passes:int=1):                # Prompt tokens or decode tokens; forwards these add up
+    "Add `passes` forwards to the ledger (a replay adds a whole expansion's at once: the sums are linear)."
+    s, cfg = self.stats, self.model.config
+    s.forward_passes += passes
     if prefill: s.prefill_tokens += n
     else: s.decode_tokens += n
     d_attn = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    attended = int((pos + 1).sum())          # each token attends to its position + 1 keys (windows ignored: an upper bound)
-    s.flops += 2 * self._layer_params * n + 4 * cfg.num_hidden_layers * d_attn * attended + 2 * ids.shape[0] * cfg.vocab_size * cfg.hidden_size
+    s.flops += 2 * self._layer_params * n + 4 * cfg.num_hidden_layers * d_attn * attended + 2 * rows * cfg.vocab_size * cfg.hidden_size
 
 @patch
 def _ledger(self:Engine, rows:int, q_len:int, paged:PagedBatch) -> int:
@@ -721,6 +728,7 @@ def expand(self:Engine, requests:list[tuple[Node, int]], # (node, k): sample k c
     toks, n_new, tables, logp = self._decode(rows, temperature, top_p, max_step_tokens, stop, generator, row_seeds)
     kids = [self._add(n, tk[:m], table, n.problem) for n, tk, m, table in zip(rows, toks.tolist(), n_new.tolist(), tables)]
     for c, lp in zip(kids, logp.tolist()): c.logprobs = lp[:len(c.tokens)]
+    for c, s in zip(kids, row_seeds or []): c.seed = s
     for c in kids: c.eos, c.fed = c.tokens[-1] == self.tok.eos_token_id, len(c.tokens) - 1  # all but its last token were fed
     self.stats.tokens_generated += sum(len(c.tokens) for c in kids); self.stats.model_calls += len(kids)
     self._update_peaks()

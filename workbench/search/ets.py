@@ -29,11 +29,15 @@ def mean_pooled(model, tokenizer, texts:list[str], layer:int=-1) -> np.ndarray:
     m = enc["attention_mask"][..., None].to(hs.dtype)
     return ((hs * m).sum(1) / m.sum(1).clamp(min=1)).float().cpu().numpy()
 
-def policy_embedder(lm, layer:int=-1) -> Callable[[list[str]], np.ndarray]:
+def policy_embedder(lm, layer:int=-1,
+                    cache:dict|None=None, # text -> vector; the engine's `embeddings` when a tree store keeps them (a replay reads them)
+                   ) -> Callable[[list[str]], np.ndarray]:
     "Embed step texts by the policy's mean hidden state (the default ETS embedder here); cached per text."
-    cache = {}
+    cache = {} if cache is None else cache
     def embed(texts):
         new = [t for t in dict.fromkeys(texts) if t not in cache]
+        check(not new or lm is not None, f"no stored embedding of the step {new[0][:60]!r} and no policy to compute it: "
+              "replay this rule over a tree generated with embeddings (the rule that generated it, or generate-tree --embed)")
         if new: cache.update(zip(new, mean_pooled(lm.model, lm.tokenizer, new, layer)))
         return np.stack([cache[t] for t in texts])
     return embed
@@ -166,7 +170,7 @@ def ets(engine, prm, task, problems, cfg:SearchConfig=SearchConfig(),
     check(cluster_by != "state" or has_state(task), f"cluster_by='state' needs a task with `state`; {getattr(task, 'name', task)} has none: use embedding")
     by = ("state" if has_state(task) else "embedding") if cluster_by == "auto" else cluster_by
     if embed is None and lambda_s > 0 and by == "embedding":
-        embed = sentence_embedder(embed_model) if embed_model else policy_embedder(engine.lm)
+        embed = sentence_embedder(embed_model) if embed_model else policy_embedder(engine.lm, cache=getattr(engine, "embeddings", None))
     stats = {}
     res = step_search(engine, prm, task, problems, ets_select(softmax_temperature, lambda_c, lambda_s, embed, cluster_threshold, stats, by),
                       cfg, "ets", on_event)

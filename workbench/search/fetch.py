@@ -67,16 +67,16 @@ def fetch_select(inner:Callable,          # A `step_search` select rule (beam, R
 # %% ../../nbs/27h_search_fetch.ipynb #8bf8d246
 MERGE_BY = ("auto", "state", "embedding")
 
-def merge_key(task, lm, merge_by:str="auto", threshold:float=0.05, embed_model:str|None=None) -> Callable:
+def merge_key(task, lm, merge_by:str="auto", threshold:float=0.05, embed_model:str|None=None, cache:dict|None=None) -> Callable:
     "The key a FETCH search uses: the task's state (auto, where it has one), else path-embedding clusters."
     check(merge_by in MERGE_BY, f"unknown merge_by {merge_by!r}: use {', '.join(MERGE_BY)}")
     check(merge_by != "state" or has_state(task), f"merge_by='state' needs a task with `state`; {getattr(task, 'name', task)} has none: use embedding")
     if merge_by == "state" or (merge_by == "auto" and has_state(task)): return state_key
-    return embedding_key(sentence_embedder(embed_model) if embed_model else policy_embedder(lm), threshold)
+    return embedding_key(sentence_embedder(embed_model) if embed_model else policy_embedder(lm, cache=cache), threshold)
 
 def _fetch(inner, name, engine, prm, task, problems, cfg, merge_by, merge_threshold, embed_model, merge_respend, on_event) -> SearchResult:
     stats = {}
-    key = merge_key(task, engine.lm, merge_by, merge_threshold, embed_model)
+    key = merge_key(task, engine.lm, merge_by, merge_threshold, embed_model, getattr(engine, "embeddings", None))
     res = step_search(engine, prm, task, problems, fetch_select(inner, key, respend=merge_respend, stats=stats), cfg, name, on_event)
     res.counters["fetch_merged"] = stats.get("merged", 0)
     return res

@@ -8,11 +8,11 @@ from ..core import check, import_modules
 from .core import SEARCHES, SearchConfig, SearchResult, SearchSpec
 
 # %% auto #0
-__all__ = ['PEAKS', 'MEANS', 'get_search', 'search_knobs', 'run_search', 'search_many']
+__all__ = ['PEAKS', 'MEANS', 'get_search', 'search_knobs', 'run_search', 'search_units', 'summarise_runs', 'search_many']
 
 # %% ../../nbs/29_search_registry.ipynb #5c2ea86d
 # each algorithm module registers its searches on import (the package by name: `workbench.search` may be the function)
-import_modules("workbench.search", skip=("registry",))
+import_modules("workbench.search", skip=("registry", "store", "replay"))
 
 def get_search(name:str # A key of `SEARCHES`
               ) -> SearchSpec:
@@ -48,27 +48,42 @@ def _per_seed(total:dict, n_seeds:int) -> dict:
     "Summed counters as means per seed (peaks stay maxima)."
     return {k: _per_seed(v, n_seeds) if isinstance(v, dict) else v if k in PEAKS else v / n_seeds for k, v in total.items()}
 
+def search_units(n:int, chunk:int, seeds:list[int]) -> list[tuple[int, int, int]]:
+    "The runs `search_many` makes: (seed, first problem, end) per chunk, seed by seed."
+    return [(s, i, min(i + chunk, n)) for s in seeds for i in range(0, n, chunk)]
+
+def summarise_runs(name:str, n:int, width:int, seeds:list[int],
+                   runs:list[tuple], # (seed, first problem, result) per run; a result has `correct`, `counters`, `config`, `knobs`
+                  ) -> dict:
+    "Accuracy over problems × seeds with its interval, the config, the knobs and the counters per seed, from the runs' results."
+    import numpy as np
+    from workbench.metrics import problem_seed_ci
+    total, correct, col = {}, np.zeros((n, len(seeds)), bool), {s: j for j, s in enumerate(seeds)}
+    for s, i, r in runs:
+        correct[i:i + len(r.correct), col[s]] = r.correct
+        _merge(total, r.counters, len(r.correct) / n)
+    return {"algorithm": name, "n": n, "width": width, "seeds": seeds,
+            "accuracy": float(correct.mean()), "accuracy_ci": problem_seed_ci(correct),
+            "accuracy_per_seed": correct.mean(0).tolist(), "config": {**r.config, "seed": seeds[0]}, "knobs": r.knobs,
+            **_per_seed(total, len(seeds)), "correct": correct.astype(int).tolist()}
+
 def search_many(name:str, engine, prm, task, problems:list, cfg:SearchConfig,
                 chunk:int=25,   # Problems searched at once
                 quiet:bool=True, on_event=None,
                 seeds:list[int]|None=None, # Seeds to run (common random numbers: the same seed, the same samples); None = [cfg.seed]
+                store=None,     # A `TreeStore`: every run's tree is kept; runs it already holds are read back, not searched again
                 **knobs) -> dict:
     "Every seed over `problems`, chunk by chunk: accuracy with a 95 % interval over problems × seeds, the config, the knobs, counters per seed."
     from tqdm.auto import tqdm
     from dataclasses import replace
-    import numpy as np
-    from workbench.metrics import problem_seed_ci
     check(chunk >= 1, f"chunk must be ≥ 1, got {chunk}")
     seeds = [cfg.seed] if seeds is None else [int(s) for s in seeds]
     check(len(seeds) >= 1 and len(set(seeds)) == len(seeds), f"seeds must be distinct and at least one, got {seeds}")
     get_search(name).refuse_vote(cfg, task)                  # before any work
-    total, correct = {}, np.zeros((len(problems), len(seeds)), bool)
-    for j, s in enumerate(seeds):
-        for i in tqdm(range(0, len(problems), chunk), desc=f"{name} seed {s}", disable=quiet):
-            r = run_search(name, engine, prm, task, problems[i:i + chunk], replace(cfg, seed=s), on_event, **knobs)
-            correct[i:i + len(r.correct), j] = r.correct
-            _merge(total, r.counters, len(r.correct) / len(problems))
-    return {"algorithm": name, "n": len(problems), "width": cfg.width, "seeds": seeds,
-            "accuracy": float(correct.mean()), "accuracy_ci": problem_seed_ci(correct),
-            "accuracy_per_seed": correct.mean(0).tolist(), "config": {**r.config, "seed": seeds[0]}, "knobs": r.knobs,
-            **_per_seed(total, len(seeds)), "correct": correct.astype(int).tolist()}
+    runs = []
+    for s, i, j in tqdm(search_units(len(problems), chunk, seeds), desc=name, disable=quiet):
+        c = replace(cfg, seed=s)
+        if store is None: r = run_search(name, engine, prm, task, problems[i:j], c, on_event, **knobs)
+        else: r = store.run(name, engine, prm, task, problems[i:j], c, on_event, start=i, **knobs)
+        runs.append((s, i, r))
+    return summarise_runs(name, len(problems), cfg.width, seeds, runs)
