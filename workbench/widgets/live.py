@@ -54,6 +54,17 @@ class TreeExplorer(anywidget.AnyWidget):
         "Flush and store the whole stream in the widget state (for replay, saved notebooks and static HTML)."
         self.flush(); self.snapshot = _plain(self._events)
 
+    @classmethod
+    def from_store(cls, store, # A `TreeStore` or its folder
+                   run:int|None=None, # Run id (default the first stored run)
+                   **kw) -> TreeExplorer:
+        "The explorer of a stored search tree: its events, read back without the model."
+        from workbench.search.store import TreeStore
+        store = store if isinstance(store, TreeStore) else TreeStore(store, create=False)
+        runs = store.runs()
+        check(runs, f"the tree store {str(store.dir)!r} holds no runs")
+        return cls(store.events(runs[0].id if run is None else store.get(run).id), **kw)
+
     def on_node(self, fn:Callable[[dict], None]):
         "Call `fn({'type': 'hover'|'click', 'node': id})` when a node is hovered or clicked in the browser."
         self._listeners.append(fn)
