@@ -136,3 +136,16 @@ def test_replay_cannot_change_how_children_were_drawn(wide):
         replay_run(wide, run, "beam", SearchConfig(width=4, temperature=0.7, seed=run.seed), expand=2)
     with pytest.raises(WorkbenchError, match="cannot be replayed"):
         replay(wide, "diverse-beam", 4)
+
+
+def test_learned_prm_ledger_is_replayed_exactly(lm, tmp_path):
+    # a learned PRM reads tokens (and costs FLOPs by its size): the replay gives back its ledger batch by batch
+    from workbench.learned_prm import get_prm
+    task = Countdown()
+    prm = get_prm("learned", task=task, device="cpu")
+    store = TreeStore(tmp_path / "learned")
+    res = store.run("rebase", Engine(lm, 1 << 15), prm, task, task.problems("hard", 3, seed=0), SearchConfig(width=4))
+    assert res.counters["prm_tokens"] > 0
+    back = replay_run(store, store.runs()[0], "rebase")
+    assert back.correct == res.correct and back.events == res.events
+    assert strip_clock(back.counters) == {**strip_clock(res.counters), "misses": 0, "prm_misses": 0}

@@ -7,7 +7,7 @@ from workbench.browser import chromium
 from workbench.report import list_reports, remote_resources, render_report, report_params
 
 REPORTS = ["search_scaling", "ets_tradeoff", "quant_bits", "prune_sparsity", "hawq_sensitivity", "compression_pareto",
-           "map_elites", "search_x_compression"]
+           "map_elites", "search_x_compression", "replay_curves"]
 
 
 def toy_report(path: Path) -> Path:

@@ -58,6 +58,7 @@ def particle_filter(engine, prm, task, problems, cfg:SearchConfig=SearchConfig()
         pops, it = _extend(rec, pops), it + 1
         for i in active:                                       # a problem whose particles all finished has stopped
             pop = pops[i]
+            if not pop: continue                               # no particle left (a replay missed every child): it has stopped too
             counts = resample([n.score for n in pop], cfg.width, particle_temperature, rngs[i])
             new = [n for n, k in zip(pop, counts) for _ in range(k)]
             carried += sum(n.terminal for n in new)
