@@ -126,6 +126,9 @@ def test_bad_stores_are_refused(tmp_path):
     db = sqlite3.connect(other); db.execute("create table runs (a, b, c)"); db.commit(); db.close()
     with pytest.raises(WorkbenchError, match="not a tree store"):
         TreeStore(other)
+    db = sqlite3.connect(other)
+    assert [r[0] for r in db.execute("select name from sqlite_master")] == ["runs"]   # nothing was added to it
+    db.close()
     with pytest.raises(WorkbenchError, match="no tree store"):
         replay(tmp_path / "empty", "beam", 4)
 

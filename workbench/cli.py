@@ -8,12 +8,12 @@ import inspect, json, os, shutil, sys
 from pathlib import Path
 from typing import Optional
 import typer
-from .core import WorkbenchError, check, data_dir, import_modules, model_dir
+from .core import WorkbenchError, check, check_writable, data_dir, import_modules, model_dir
 
 # %% auto #0
 __all__ = ['app', 'train_app', 'bench_app', 'bench_search_cmd', 'bench_ets_cmd', 'emit', 'load_command_modules', 'refuse', 'main',
            'lab', 'train_policy_cmd', 'train_text_cmd', 'train_prm_cmd', 'problems_for', 'eval_cmd', 'ppl_cmd',
-           'search_cmd', 'parse_seeds', 'knob_options', 'add_knob_options', 'list_searches', 'emit_bench',
+           'search_cmd', 'open_trees', 'parse_seeds', 'knob_options', 'add_knob_options', 'list_searches', 'emit_bench',
            'bench_command', 'bench_widgets_cmd']
 
 # %% ../nbs/90_cli.ipynb #061600dd
@@ -226,14 +226,19 @@ def search_cmd(algo:Optional[str]=typer.Argument(None, help="Search algorithm (s
                chunk:int=typer.Option(25, help="Problems searched at once"),
                seed:int=typer.Option(0, help="Seed of the problems (and of the search when --seeds is not given)"),
                seeds:Optional[str]=typer.Option(None, help="Search seeds, comma-separated (e.g. 0,1,2): paired samples, one interval over problems × seeds"),
+               save_trees:Optional[Path]=typer.Option(None, "--save-trees", help="Keep every run's tree in DIR/trees.sqlite (replay, tree explorer); a rerun reads back the runs DIR holds"),
+               backend:str=typer.Option("local", help="local: this process; ray: the (seed, chunk) runs on Ray actors, each with its own model, PRM and engine (same results)"),
+               address:Optional[str]=typer.Option(None, help="--backend ray: an existing Ray cluster; default: start a local one"),
+               workers:int=typer.Option(2, help="--backend ray: actors, one CPU each"),
                device:Optional[str]=None, as_json:bool=typer.Option(False, "--json"),
                **knobs):
     "Run a search algorithm on a task split; print accuracy with its 95 % interval, the config and knobs, the ledger and counters."
     from workbench.search.registry import SEARCHES, get_search
     if list_algos: return list_searches(SEARCHES, as_json)
     check(algo is not None, f"name a search algorithm: one of {', '.join(SEARCHES)} (or --list)")
-    from workbench.experiment import search_setup
+    from workbench.experiment import search_backend, search_setup
     from workbench.search.core import SearchConfig
+    from workbench.search.store import TreeStore
     spec, given = get_search(algo), {k: v for k, v in knobs.items() if v is not None}
     cfg = SearchConfig(width=width, temperature=temperature, max_step_tokens=max_step_tokens, answer=answer, seed=seed)
     spec.knobs_in_effect(cfg, **given)          # a knob it does not take, or a bad combination: refused before loading
@@ -242,11 +247,24 @@ def search_cmd(algo:Optional[str]=typer.Argument(None, help="Search algorithm (s
     spec.refuse_vote(cfg, get_task(task))       # a vote where the prompt states the answer: refused before loading
     if split is None: split = "hard" if "hard" in get_task(task).presets else "test"
     t, probs = problems_for(task, split, task_file, n, seed)
-    s = search_setup(policy or "countdown-policy", prm, t, probs, width, max_step_tokens, chunk, capacity_tokens, block_size,
-                     kv_bits, kv_key_axis, device=device, prm_path=prm_path, flip=flip, sigma=sigma, seed=seed, auroc=auroc)
-    res = {"task": task, "split": "file" if task_file else split, "prm": prm, **s.many(algo, cfg, quiet=as_json, seeds=seed_list, **given)}
+    store = None if save_trees is None else open_trees(save_trees)   # a folder that cannot hold a store: refused before loading
+    remote = search_backend(backend, workers, address)               # so is an unknown backend, or ray not installed
+    try:
+        s = search_setup(policy or "countdown-policy", prm, t, probs, width, max_step_tokens, chunk, capacity_tokens, block_size,
+                         kv_bits, kv_key_axis, device=device, prm_path=prm_path, flip=flip, sigma=sigma, seed=seed, auroc=auroc, backend=remote)
+        if save_trees is not None and store is None: store = TreeStore(save_trees)   # a new store, once the models have loaded
+        res = {"task": task, "split": "file" if task_file else split, "prm": prm,
+               **s.many(algo, cfg, quiet=as_json, seeds=seed_list, store=store, **given)}
+    finally:
+        if remote is not None: remote.close()
     if not as_json: res.pop("correct")          # the per-(problem, seed) matrix is for programs
     emit(res, as_json)
+
+def open_trees(path:Path):
+    "The tree store at `path` if it holds one; None if it may hold a new one (nothing is created yet); refused otherwise."
+    from workbench.search.store import FILE, TreeStore
+    check_writable(path, "--save-trees folder")
+    return TreeStore(path) if (path / FILE).exists() else None
 
 def parse_seeds(text:str) -> list[int]:
     "`0,1,2` → [0, 1, 2]; anything else is refused with the form that works."
@@ -319,19 +337,27 @@ def bench_command(name:str,      # `workbench bench NAME`
                   target:str,    # "module:function" of the benchmark: f(quick, n, device, seed, quiet) -> dict
                   doc:str,       # The command's help
                   quick_help:str="Small settings (< 2 minutes on 2 CPU cores)",
-                  n_help:str="Hard problems (default 16 with --quick, else 100)"):
+                  n_help:str="Hard problems (default 16 with --quick, else 100)",
+                  backends:bool=False): # Also --backend, --address, --workers, passed on as backend=, address=, workers=
     "Register a benchmark over problems: --quick, --n, --device, --seed, --json; progress on stderr, tables via `emit_bench`."
     def cmd(quick:bool=typer.Option(False, "--quick", help=quick_help), n:Optional[int]=typer.Option(None, help=n_help),
-            device:Optional[str]=None, seed:int=0, as_json:bool=typer.Option(False, "--json")):
+            device:Optional[str]=None, seed:int=0, as_json:bool=typer.Option(False, "--json"),
+            backend:str=typer.Option("local", help="local: this process; ray: the searches' (seed, chunk) runs on Ray actors (same results)"),
+            address:Optional[str]=typer.Option(None, help="--backend ray: an existing Ray cluster; default: start a local one"),
+            workers:int=typer.Option(2, help="--backend ray: actors, one CPU each")):
         import importlib
         module, fn = target.split(":")
-        emit_bench(getattr(importlib.import_module(module), fn)(quick=quick, n=n, device=device, seed=seed, quiet=False), as_json)
+        kw = dict(backend=backend, address=address, workers=workers) if backends else {}
+        emit_bench(getattr(importlib.import_module(module), fn)(quick=quick, n=n, device=device, seed=seed, quiet=False, **kw), as_json)
     cmd.__doc__ = doc
+    if not backends:    # typer reads the signature: the options of a benchmark that runs here only
+        sig = inspect.signature(cmd)
+        cmd.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name not in ("backend", "address", "workers")])
     return bench_app.command(name)(cmd)
 
 bench_search_cmd = bench_command("search", "workbench.benchmarks.search:bench_search",
     "Every search on chains and Countdown: 3 paired seeds, intervals, matched compute, accuracy vs PRM AUROC, the claims, engine speed.",
-    n_help="Problems per task (default 8 with --quick, else 50)")
+    n_help="Problems per task (default 8 with --quick, else 50)", backends=True)
 bench_ets_cmd = bench_command("ets", "workbench.benchmarks.ets:bench_ets",
     "ETS vs REBASE at width 16 (learned and oracle PRM): KV reduction, accuracy drop, pool peaks, solver time, λ sweep.")
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
-from .core import check
+from .core import WorkbenchError, brief, check
 from .corpus import corpus_dir, read_text_split
 
 # %% auto #0
-__all__ = ['TextSetup', 'text_setup', 'compression_setup', 'pool_tokens', 'SearchSetup', 'search_setup', 'search']
+__all__ = ['CODE', 'TextSetup', 'text_setup', 'compression_setup', 'pool_tokens', 'SearchSetup', 'search_setup', 'code_digest',
+           'SearchWorker', 'check_reachable', 'RayWorkers', 'search_backend', 'search']
 
 # %% ../nbs/18_experiment.ipynb #d8d02648
 @dataclass
@@ -107,6 +108,8 @@ class SearchSetup:
     problems: list = field(repr=False)
     engine: object = field(repr=False)
     chunk: int = 25                # Problems searched at once by `many`
+    recipe: dict|None = field(default=None, repr=False) # `search_setup`'s arguments that build this setup again (None: it was given loaded objects)
+    backend: object = None         # Where `many` searches: None = here, a `RayWorkers` = on its actors
 
     def run(self, algo:str, cfg=None, on_event=None, **knobs):
         "One search of every problem at once (`run_search`); `cfg` defaults to `SearchConfig()`."
@@ -114,10 +117,25 @@ class SearchSetup:
         from workbench.search.registry import run_search
         return run_search(algo, self.engine, self.prm, self.task, self.problems, cfg or SearchConfig(), on_event, **knobs)
 
-    def many(self, algo:str, cfg, quiet:bool=True, on_event=None, seeds:list[int]|None=None, **knobs) -> dict:
+    def many(self, algo:str, cfg, quiet:bool=True, on_event=None, seeds:list[int]|None=None,
+             store=None,          # A `TreeStore` that keeps every run's tree (and resumes a study)
+             **knobs) -> dict:
         "The problems chunk by chunk for every seed (`search_many`): accuracy with its interval, config, knobs and counters."
         from workbench.search.registry import search_many
-        return search_many(algo, self.engine, self.prm, self.task, self.problems, cfg, self.chunk, quiet, on_event, seeds, **knobs)
+        backend = None if self.backend is None else self.backend.runner(self.recipe)
+        return search_many(algo, self.engine, self.prm, self.task, self.problems, cfg, self.chunk, quiet, on_event, seeds,
+                           store=store, backend=backend, **knobs)
+
+    def use_prm(self, prm:str, # oracle, noisy, calibrated, outcome, learned or self-eval
+                **kw):         # `search_setup`'s PRM arguments: auroc, seed, flip, sigma, prm_path
+        "Swap the PRM for another one built by name; the recipe follows, so workers build the same one."
+        from workbench.learned_prm import get_prm
+        check(self.recipe is not None, "this setup was given loaded objects: set `prm` yourself (it has no recipe to follow)")
+        check(set(kw) <= {"auroc", "seed", "flip", "sigma", "prm_path"}, f"use_prm takes auroc, seed, flip, sigma and prm_path, not {sorted(kw)}")
+        r = {**self.recipe, "prm": prm, **kw}
+        self.prm = get_prm(prm, task=self.task, path=r["prm_path"], flip=r["flip"], sigma=r["sigma"], seed=r["seed"],
+                           device=r["device"], lm=self.lm, auroc=r["auroc"])
+        self.recipe = r
 
 # %% ../nbs/18_experiment.ipynb #5e7a0005
 def search_setup(policy="countdown-policy",  # An `LM`, a model directory or a shipped model name
@@ -137,6 +155,7 @@ def search_setup(policy="countdown-policy",  # An `LM`, a model directory or a s
                  flip:float=0.2, sigma:float=0.1, seed:int=0, # Noisy PRM: flip probability, noise, seed
                  auroc:float=0.8,            # Calibrated PRM: its step-level AUROC against the oracle's label
                  on_event=None,              # The engine's event listener (add, free)
+                 backend=None,               # Where `many` searches: None = here, or a `RayWorkers`
                 ) -> SearchSetup:
     "Load or take the policy, PRM and task, and build the engine with a pool sized by `pool_tokens`."
     from workbench.engine import Engine
@@ -157,7 +176,138 @@ def search_setup(policy="countdown-policy",  # An `LM`, a model directory or a s
     capacity = capacity_tokens or pool_tokens(prompts, width, steps, max_step_tokens, chunk, block_size, branching)
     check(capacity >= longest, f"capacity_tokens ({capacity}) is smaller than one full path (~{longest} tokens); raise it")
     engine = Engine(lm, capacity_tokens=capacity, block_size=block_size, on_event=on_event, kv_bits=kv_bits, kv_key_axis=kv_key_axis)
-    return SearchSetup(lm, reward, t, probs, engine, chunk)
+    # what a worker needs to build this setup again: names, not loaded objects (a loaded model may have been changed)
+    recipe = dict(policy=policy, prm=prm, task=t, problems=probs, width=width, max_step_tokens=max_step_tokens, chunk=chunk,
+                  capacity_tokens=capacity, block_size=block_size, kv_bits=kv_bits, kv_key_axis=kv_key_axis, branching=branching,
+                  device=str(engine.device), prm_path=prm_path, flip=flip, sigma=sigma, seed=seed, auroc=auroc)
+    named = isinstance(policy, (str, Path)) and isinstance(prm, str)
+    return SearchSetup(lm, reward, t, probs, engine, chunk, recipe if named else None, backend)
+
+# %% ../nbs/18_experiment.ipynb #51aadabd
+def code_digest() -> str:
+    "Hash of the workbench source files (`_modidx.py` aside): two processes with the same digest search alike."
+    import hashlib, workbench
+    root, h = Path(workbench.__file__).parent, hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        if f.name != "_modidx.py" and "__pycache__" not in f.parts: h.update(str(f.relative_to(root)).encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+CODE = code_digest()   # what this process imported (the files may change while it runs)
+
+class SearchWorker:
+    "A Ray actor's work: build the setup of each recipe it is sent (one thread), then search units on it."
+    def __init__(self, keep:int=2): # Setups kept at once (a benchmark alternates a few)
+        torch.set_num_threads(1)    # one core per actor: the workers are the parallelism
+        self.setups, self.keep = {}, keep
+
+    def search(self, rkey:str, recipe:dict, name:str, problems:list, cfg, start:int, knobs:dict, record:bool):
+        "One unit: (this worker's `CODE`, its run key, the result without its tree, the `run_record` or None)."
+        from dataclasses import replace
+        from workbench.search.registry import run_search
+        from workbench.search.store import search_key, search_record
+        if rkey not in self.setups:
+            if len(self.setups) >= self.keep: self.setups.pop(next(iter(self.setups)))    # the oldest goes
+            self.setups[rkey] = search_setup(**recipe)
+        s = self.setups[rkey]
+        key = search_key(name, s.engine, s.prm, s.task, problems, cfg, **knobs)
+        if record: res, rec = search_record(name, s.engine, s.prm, s.task, problems, cfg, start=start, **knobs)
+        else: res, rec = run_search(name, s.engine, s.prm, s.task, problems, cfg, **knobs), None
+        return CODE, key, replace(res, roots=[]), rec    # the tree travels as the record's rows
+
+# %% ../nbs/18_experiment.ipynb #0612f239
+def check_reachable(address:str, # A Ray cluster: host:port or ray://host:port (auto and local are left to Ray)
+                    timeout:float=5.0):
+    "Refuse at once a cluster address nothing answers on (Ray itself retries it for minutes)."
+    import re, socket
+    if address.strip() in ("auto", "local"): return
+    m = re.fullmatch(r"(?:ray://)?\[?([^\[\]]+?)\]?:(\d+)", address.strip())
+    check(m is not None, f"--address must be host:port or ray://host:port (or auto), got {brief(address)}")
+    try: socket.create_connection((m[1], int(m[2])), timeout=timeout).close()
+    except OSError as e:
+        raise WorkbenchError(f"nothing answers at the Ray cluster address {address!r} ({e.strerror or e}); start one "
+                             "with `ray start --head`, or leave out --address to start a local one") from None
+
+# %% ../nbs/18_experiment.ipynb #fd02e881
+class RayWorkers:
+    "Ray actors that search `search_many`'s units, each on a setup of its own; a local cluster is started on demand."
+    def __init__(self, workers:int=2,         # Actors (one CPU each)
+                 address:str|None=None):      # An existing Ray cluster; None = start a local one when first needed
+        check(workers >= 1, f"--workers must be ≥ 1, got {workers}")
+        try: import ray
+        except ImportError: raise WorkbenchError("--backend ray needs the ray package: pip install ray") from None
+        if address: check_reachable(address)
+        self.ray, self.workers, self.address, self.actors, self.started = ray, workers, address, [], False
+
+    def __repr__(self): return f"RayWorkers({self.workers} workers, {self.address or 'local cluster'}, {'running' if self.actors else 'not started'})"
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
+    def _start(self, device:str):
+        ray = self.ray
+        if not ray.is_initialized():
+            # "local": a new cluster of our own, never one a `ray start` left behind (ray.init() alone would join it)
+            kw = dict(address=self.address) if self.address else dict(address="local", num_cpus=self.workers, include_dashboard=False)
+            for attempt in range(3):   # ray gives its raylet a fixed 30 s to register, which a loaded 2-core machine can miss
+                try: ray.init(log_to_driver=False, configure_logging=False, **kw); break
+                except Exception as e:
+                    if self.address: raise WorkbenchError(f"cannot connect to the Ray cluster at {self.address!r} "
+                                                          f"({type(e).__name__}: {brief((str(e).strip().splitlines() or [''])[-1], 160)})") from None
+                    if "timed out during startup" not in str(e) or attempt == 2: raise
+                    ray.shutdown()
+            self.started = True      # ours to shut down: a local cluster stops, a joined one is only left
+        gpus = 1 / self.workers if device.startswith("cuda") else 0     # the actors share the GPU this process searches on
+        self.actors = [ray.remote(num_cpus=1, num_gpus=gpus)(SearchWorker).remote() for _ in range(self.workers)]
+
+    def close(self):
+        "Kill the actors; stop the local cluster this object started (a cluster it joined keeps running)."
+        for a in self.actors: self.ray.kill(a)
+        self.actors = []
+        if self.started: self.ray.shutdown(); self.started = False
+
+# %% ../nbs/18_experiment.ipynb #94274851
+import hashlib, pickle
+from functools import partial
+from fastcore.basics import patch
+
+@patch
+def runner(self:RayWorkers, recipe:dict|None):
+    "The `backend` of `search_many` for the setup `recipe` builds."
+    check(recipe is not None, "Ray workers build the setup from its recipe: give search_setup the policy as a name or folder "
+          "and the PRM as a name, not loaded objects")
+    return partial(self.search_jobs, recipe)
+
+@patch
+def search_jobs(self:RayWorkers, recipe:dict, name:str, engine, prm, task, jobs:list[tuple], knobs:dict, record:bool):
+    "Each job (problems, config, first problem) on the next free actor; yields (job, result, record) as each ends."
+    from workbench.search.store import search_key
+    ray = self.ray
+    keys = [search_key(name, engine, prm, task, p, c, **knobs) for p, c, _ in jobs]   # a bad knob: refused before a cluster starts
+    if not self.actors: self._start(recipe["device"])
+    rkey, shared = hashlib.sha256(pickle.dumps(recipe)).hexdigest(), ray.put(recipe)
+    queue, free, pending = list(range(len(jobs))), list(self.actors), {}
+    while queue or pending:
+        while queue and free:
+            k, a = queue.pop(0), free.pop(0)
+            p, c, start = jobs[k]
+            pending[a.search.remote(rkey, shared, name, p, c, start, knobs, record)] = (k, a)
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        k, a = pending.pop(ref); free.append(a)
+        code, key, res, rec = ray.get(ref)
+        check(code == CODE, "a Ray worker runs other workbench code than this process (the source changed since this process "
+              "started, or the cluster's nodes hold another version): rerun with the same code everywhere")
+        check(key == keys[k], f"a Ray worker built another setup than this process (run key {key} ≠ {keys[k]}): give every "
+              "worker the same policy, PRM and data files")
+        yield k, res, rec
+
+def search_backend(backend:str="local",    # local: this process; ray: Ray actors
+                   workers:int=2,          # Ray: actors
+                   address:str|None=None,  # Ray: an existing cluster; None = start a local one on demand
+                  ) -> RayWorkers|None:
+    "The `backend` of `search_setup` that `--backend`, `--workers` and `--address` ask for, checked before any model loads."
+    check(backend in ("local", "ray"), f"unknown backend {backend!r}: use local or ray")
+    check(workers >= 1, f"--workers must be ≥ 1, got {workers}")
+    check(backend == "ray" or address is None, "--address names a Ray cluster: it applies with --backend ray only")
+    return RayWorkers(workers, address) if backend == "ray" else None
 
 # %% ../nbs/18_experiment.ipynb #5e7a0008
 def search(algo:str,                # A key of `SEARCHES` (see `workbench search --list`)

@@ -5,7 +5,7 @@ online beside it, timed side by side: the replay's share of the online time, and
 
 # %% ../../nbs/28c_bench_replay.ipynb #a4420e6c
 from __future__ import annotations
-import math, sys, tempfile, time
+import sys, tempfile, time
 from pathlib import Path
 from ..core import check, pick_device
 from ..experiment import search_setup

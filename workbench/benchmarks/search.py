@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from ..core import WorkbenchError, check, pick_device
 from ..engine import Engine, Node, Stats
-from ..experiment import search_setup
-from ..learned_prm import get_prm
+from ..experiment import search_backend, search_setup
 from ..metrics import problem_seed_ci
 from ..models import LM
 from ..search.core import SearchConfig
@@ -131,7 +130,7 @@ def sweep(setup, algos, budgets, seeds, log, label:str, **cfg) -> list[dict]:
             c = SearchConfig(width=w, **cfg)
             try: SEARCHES[name].refuse_vote(c, setup.task)
             except WorkbenchError: continue
-            r = search_many(name, setup.engine, setup.prm, setup.task, setup.problems, c, chunk=setup.chunk, seeds=seeds)
+            r = setup.many(name, c, seeds=seeds)           # here, or on the setup's Ray workers
             out.append({"task": setup.task.name, "prm": label, **r})
             log(f"{label:>14} {setup.task.name:>9} {name:>18} w={w:<3} acc={r['accuracy']:.2f} {r['accuracy_ci']} "
                 f"flops={r['ledger']['flops']:.3g} s={r['ledger']['seconds']:.1f}")
@@ -145,8 +144,17 @@ def bench_search(quick:bool=False,     # Small settings: a few minutes on 2 CPU 
                  n:int|None=None,      # Problems per task; default 8 (quick) or 50
                  seeds:list[int]|None=None, # Search seeds (paired); default 3 seeds from `seed`
                  aurocs:tuple[float,...]|None=None, # PRM AUROC levels of the quality table; default 3 (quick) or 5
+                 backend:str="local",  # local, or ray: the studies' (seed, chunk) runs on Ray actors (the same results)
+                 workers:int=2,        # Ray: actors
+                 address:str|None=None, # Ray: an existing cluster; None = start a local one
                 ) -> dict:
     "Every algorithm on chains and Countdown at matched compute (paired seeds, intervals), accuracy vs PRM AUROC, the claims, engine speed."
+    remote = search_backend(backend, workers, address)      # refused before any model loads; a cluster starts when first used
+    try: return _bench_search(quick, device, policy, chain_policy, seed, quiet, n, seeds, aurocs, remote)
+    finally:
+        if remote is not None: remote.close()
+
+def _bench_search(quick, device, policy, chain_policy, seed, quiet, n, seeds, aurocs, remote) -> dict:
     dev = pick_device(device)
     n_default, budgets, levels = (8, (4, 8), (0.6, 0.8, 0.95)) if quick else (50, (4, 8, 16), (0.6, 0.7, 0.8, 0.9, 0.99))
     aurocs = levels if aurocs is None else tuple(aurocs)
@@ -157,9 +165,9 @@ def bench_search(quick:bool=False,     # Small settings: a few minutes on 2 CPU 
     W = max(budgets)
     chain, countdown = ArithmeticChain(), Countdown()
     cs = search_setup(chain_policy or "chain-policy", "calibrated", chain, chain.problems("hard", n, seed), W,
-                      device=str(dev), block_size=1, chunk=min(n, 25), auroc=0.8, seed=seed)
+                      device=str(dev), block_size=1, chunk=min(n, 25), auroc=0.8, seed=seed, backend=remote)
     cd = search_setup(policy or "countdown-policy", "calibrated", countdown, countdown.problems("hard", n, seed), W,
-                      device=str(dev), block_size=1, chunk=min(n, 25), auroc=0.8, seed=seed)
+                      device=str(dev), block_size=1, chunk=min(n, 25), auroc=0.8, seed=seed, backend=remote)
     algos = [a for a in SEARCHES if a not in ("greedy", "diverse-beam")]
     res = {"device": str(dev), "quick": quick, "n": n, "seeds": seeds, "budgets": list(budgets), "compute": "ledger.flops",
            "prm": "calibrated, step AUROC 0.8"}
@@ -175,17 +183,16 @@ def bench_search(quick:bool=False,     # Small settings: a few minutes on 2 CPU 
     # 2. accuracy against PRM quality at matched compute (chains: votes and searches both meaningful)
     quality = []
     for a in aurocs:
-        cs.prm = get_prm("calibrated", task=chain, auroc=a, seed=seed)
+        cs.use_prm("calibrated", auroc=a)                # the recipe follows: Ray workers build this PRM too
         rows = sweep(cs, QUALITY_ALGOS, (budgets[0], budgets[-1]), seeds, log, f"calibrated-{a}")
         quality += [{**m, "auroc": a} for n_ in QUALITY_ALGOS if (m := matched_pair(rows, n_, "weighted-majority")) is not None]
     res["prm_quality_rows"] = quality
     # 3. the papers' claims, from the rows above
     res["claims"] = claims(res["chain_rows"], res["countdown_rows"], budgets)
-    dbs = {p: search_many("diverse-beam", cs.engine, cs.prm, chain, cs.problems, SearchConfig(width=8, seed=seed), chunk=cs.chunk,
-                          seeds=seeds, penalty=p) for p in (0.0, 0.5)}
+    dbs = {p: cs.many("diverse-beam", SearchConfig(width=8, seed=seed), seeds=seeds, penalty=p) for p in (0.0, 0.5)}
     res["claims"]["diverse_beam_w8"] = {f"penalty_{p}": {k: r[k] for k in ("distinct_2", "oracle_accuracy", "accuracy", "tokens_generated", "wall_s")}
                                         for p, r in dbs.items()}
-    # 4. engine vs per-path generate on the same beam search; bytes against their limits
+    # 4. engine vs per-path generate on the same beam search; bytes against their limits (here: speeds side by side)
     speed = cd.problems[:3]
     eng = search_many("beam", cd.engine, cd.prm, countdown, speed, SearchConfig(width=16, seed=seed), chunk=len(speed))
     hf = search_many("beam", PerPathGenerate(cd.lm), cd.prm, countdown, speed, SearchConfig(width=16, seed=seed), chunk=len(speed))

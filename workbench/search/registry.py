@@ -72,6 +72,7 @@ def search_many(name:str, engine, prm, task, problems:list, cfg:SearchConfig,
                 quiet:bool=True, on_event=None,
                 seeds:list[int]|None=None, # Seeds to run (common random numbers: the same seed, the same samples); None = [cfg.seed]
                 store=None,     # A `TreeStore`: every run's tree is kept; runs it already holds are read back, not searched again
+                backend=None,   # Runs units elsewhere: `backend(name, engine, prm, task, jobs, knobs, record)` yields (job, result, record) as each ends; None = here
                 **knobs) -> dict:
     "Every seed over `problems`, chunk by chunk: accuracy with a 95 % interval over problems × seeds, the config, the knobs, counters per seed."
     from tqdm.auto import tqdm
@@ -80,10 +81,21 @@ def search_many(name:str, engine, prm, task, problems:list, cfg:SearchConfig,
     seeds = [cfg.seed] if seeds is None else [int(s) for s in seeds]
     check(len(seeds) >= 1 and len(set(seeds)) == len(seeds), f"seeds must be distinct and at least one, got {seeds}")
     get_search(name).refuse_vote(cfg, task)                  # before any work
-    runs = []
-    for s, i, j in tqdm(search_units(len(problems), chunk, seeds), desc=name, disable=quiet):
+    units = search_units(len(problems), chunk, seeds)
+    runs, todo, bar = [None] * len(units), [], tqdm(total=len(units), desc=name, disable=quiet)
+    for u, (s, i, j) in enumerate(units):
         c = replace(cfg, seed=s)
-        if store is None: r = run_search(name, engine, prm, task, problems[i:j], c, on_event, **knobs)
+        if backend is not None:                               # elsewhere: only the runs the store does not hold
+            r = None if store is None else store.lookup(name, engine, prm, task, problems[i:j], c, **knobs)
+            if r is None: todo.append(u); continue
+        elif store is None: r = run_search(name, engine, prm, task, problems[i:j], c, on_event, **knobs)
         else: r = store.run(name, engine, prm, task, problems[i:j], c, on_event, start=i, **knobs)
-        runs.append((s, i, r))
+        runs[u] = (s, i, r); bar.update()
+    jobs = [(problems[i:j], replace(cfg, seed=s), i) for s, i, j in (units[u] for u in todo)]
+    for k, r, record in backend(name, engine, prm, task, jobs, knobs, store is not None) if jobs else ():
+        if store is not None: store.add(record)               # written here, by the one process that owns the store
+        for ev in r.events if on_event is not None else (): on_event(ev)
+        s, i, _ = units[todo[k]]
+        runs[todo[k]] = (s, i, r); bar.update()
+    bar.close()
     return summarise_runs(name, len(problems), cfg.width, seeds, runs)

@@ -15,7 +15,7 @@ from .core import SearchConfig, SearchResult
 
 # %% auto #0
 __all__ = ['MODEL_FIELDS', 'SCHEMA', 'FILE', 'engine_meta', 'prm_meta', 'problem_record', 'run_key', 'PRMTap', 'tree_nodes',
-           'run_record', 'StoredRun', 'TreeStore']
+           'run_record', 'StoredRun', 'TreeStore', 'search_key', 'search_record']
 
 # %% ../../nbs/29a_search_store.ipynb #7bec5a58
 MODEL_FIELDS = ("model_type", "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_size", "num_hidden_layers",
@@ -140,11 +140,14 @@ class TreeStore:
         else: check_writable(self.dir, "tree store folder"); self.dir.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.file)
-            self.db.executescript(SCHEMA)
+            tables = {r[0] for r in self.db.execute("select name from sqlite_master where type = 'table'")}
             cols = [r[1] for r in self.db.execute("pragma table_info(runs)")]
         except sqlite3.DatabaseError as e:
             raise WorkbenchError(f"{str(self.file)!r} is not a tree store ({e}); give a folder written by --save-trees") from None
-        check(cols[:3] == ["id", "key", "algorithm"], f"{str(self.file)!r} holds a table `runs` of another shape; it is not a tree store")
+        # a foreign database is refused before anything is written into it
+        check(not tables or cols[:3] == ["id", "key", "algorithm"], f"{str(self.file)!r} is an SQLite file of another kind "
+              f"(tables {sorted(tables)}); it is not a tree store")
+        self.db.executescript(SCHEMA)
 
     def __repr__(self): return f"TreeStore({str(self.dir)!r}, {len(self)} runs)"
     def __len__(self): return self.db.execute("select count(*) from runs").fetchone()[0]
@@ -246,19 +249,40 @@ def tree(self:TreeStore, run:int, prm:str|None=None) -> list[Node]:
     return roots
 
 # %% ../../nbs/29a_search_store.ipynb #65d16890
+import itertools
+
+def search_key(name:str, engine, prm, task, problems:list, cfg:SearchConfig, **knobs) -> str:
+    "The `run_key` of the run `search_record` makes (the knobs in effect, defaults included)."
+    from workbench.search.registry import get_search
+    return run_key(name, get_search(name).knobs_in_effect(cfg, **knobs), cfg, task, problems, prm, engine)
+
+def search_record(name:str, engine, prm, task, problems:list, cfg:SearchConfig, on_event=None,
+                  start:int=0, # Index of the first problem in the study (for `summarise_runs`)
+                  **knobs) -> tuple[SearchResult, dict]:
+    "Search `problems` with the PRM tapped and the embeddings kept: the result and its `run_record` (nothing is written)."
+    from workbench.search.registry import get_search
+    live = len(getattr(engine, "live", ()))
+    check(not live, f"the engine holds {live} live nodes of another search; a stored run numbers its nodes from 0: "
+          "release them, or give a fresh engine")
+    if hasattr(engine, "_ids"): engine._ids = itertools.count()   # node ids from 0: the tree is the same whatever ran before
+    key, tap = search_key(name, engine, prm, task, problems, cfg, **knobs), None if prm is None else PRMTap(prm)
+    engine.embeddings = {}                       # the policy embeddings this run computes (ETS, FETCH), kept with the tree
+    try:
+        res = get_search(name).run(engine, tap, task, problems, cfg, on_event=on_event, **knobs)
+        return res, run_record(res, engine, prm, task, problems, res.knobs, key, start, None if tap is None else tap.batches)
+    finally: engine.embeddings = None            # searches outside a store keep their own cache
+
+@patch
+def lookup(self:TreeStore, name:str, engine, prm, task, problems:list, cfg:SearchConfig, **knobs) -> StoredRun|None:
+    "The stored run `run` would read back for these arguments, or None."
+    return self.find(search_key(name, engine, prm, task, problems, cfg, **knobs))
+
 @patch
 def run(self:TreeStore, name:str, engine, prm, task, problems:list, cfg:SearchConfig, on_event=None,
         start:int=0, # Index of the first problem in the study (for `summarise_runs`)
         **knobs) -> SearchResult|StoredRun:
     "Search `problems` and keep the tree, or read the run back when the store holds it already."
-    from workbench.search.registry import get_search
-    spec = get_search(name)
-    key = run_key(name, spec.knobs_in_effect(cfg, **knobs), cfg, task, problems, prm, engine)
-    if (done := self.find(key)) is not None: return done
-    tap = None if prm is None else PRMTap(prm)
-    engine.embeddings = {}                       # the policy embeddings this run computes (ETS, FETCH), kept with the tree
-    try:
-        res = spec.run(engine, tap, task, problems, cfg, on_event=on_event, **knobs)
-        self.add(run_record(res, engine, prm, task, problems, res.knobs, key, start, None if tap is None else tap.batches))
-    finally: engine.embeddings = None            # searches outside a store keep their own cache
+    if (done := self.lookup(name, engine, prm, task, problems, cfg, **knobs)) is not None: return done
+    res, record = search_record(name, engine, prm, task, problems, cfg, on_event, start, **knobs)
+    self.add(record)
     return res
