@@ -124,7 +124,7 @@ def decref(self:KVPool, blocks:list[int]) -> list[int]:
     "One block table fewer holds `blocks`; those no table holds go back on the free list (returned)."
     idx = np.asarray(blocks, dtype=np.int64)
     self.refs[idx] -= 1
-    freed = [b for b in blocks if self.refs[b] == 0]
+    freed = idx[self.refs[idx] == 0].tolist()         # in table order (a table holds a block once)
     self.free.extend(freed)
     return freed
 
