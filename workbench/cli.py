@@ -322,6 +322,8 @@ def emit_bench(res:dict, as_json:bool):
         if k.endswith("rows") and v and "algorithm" in v[0]:
             extra = tuple(c for c in ("prm", "auroc", "reference", "reference_width", "lambda_c", "lambda_s") if c in v[0])   # the columns that tell rows apart
             cols = ("accuracy", "accuracy_ci", "minus_reference", "minus_reference_ci", "flops") if "minus_reference" in v[0] else \
+                   ("width", "accuracy", "accuracy_ci", "replay_accuracy", "replay_accuracy_ci", "misses", "miss_rate", "online_s",
+                    "replay_s", "tokens_generated", "replay_tokens_generated") if "replay_accuracy" in v[0] else \
                    ("width", "accuracy", "accuracy_ci", "ledger.flops", "tokens_generated", "prm_calls", "kv_tokens_ets_metric",
                     "pool_peak_bytes", "naive_peak_bytes", "wall_s")
             out += [f"{k}:", format_table(v, cols=("algorithm",) + extra + cols)]
