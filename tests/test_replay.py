@@ -152,3 +152,12 @@ def test_learned_prm_ledger_is_replayed_exactly(lm, tmp_path):
     back = replay_run(store, store.runs()[0], "rebase")
     assert back.correct == res.correct and back.events == res.events
     assert strip_clock(back.counters) == {**strip_clock(res.counters), "misses": 0, "prm_misses": 0}
+
+
+def test_a_replay_pool_holds_no_bytes(wide):
+    # the replay's pool is on the meta device: a pool far larger than this machine's memory is fine
+    from workbench.search.replay import ReplayEngine
+    run = wide.runs()[0]
+    run.meta["engine"]["pool"]["capacity_tokens"] = 1 << 24      # 80 GB of K/V at this model's 5 KB per token
+    eng = ReplayEngine(wide, run)
+    assert eng.pool.k.device.type == "meta" and eng.pool.capacity_tokens == 1 << 24

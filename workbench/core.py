@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_core.ipynb #dfc07a7c
 from __future__ import annotations
-import contextlib, ctypes, gc, hashlib, importlib.util, os, random, re, reprlib, shutil, tempfile
+import contextlib, ctypes, gc, hashlib, importlib.util, os, random, re, reprlib, shutil, sys, tempfile
 from typing import Callable
 from pathlib import Path
 import numpy as np, torch
@@ -95,9 +95,10 @@ def pick_device(device:str|torch.device|None=None, # "cpu", "cuda", "cuda:1" or 
 
 # %% ../nbs/01_core.ipynb #0e0e5fc8
 def available_memory(device:str|torch.device|None=None) -> int:
-    "Bytes that can still be allocated on `device`: free CUDA memory, or the kernel's MemAvailable on the host."
+    "Bytes that can still be allocated on `device`: free CUDA memory, or the kernel's MemAvailable on the host (meta: unbounded)."
     dev = pick_device(device)
     if dev.type == "cuda": return torch.cuda.mem_get_info(dev)[0]
+    if dev.type == "meta": return sys.maxsize          # meta tensors hold no bytes (a replay's pool)
     try:
         with open("/proc/meminfo") as f:
             return next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable:"))
