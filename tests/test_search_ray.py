@@ -146,9 +146,11 @@ def test_ray_study_same_as_local(tmp_path, one_thread):
 
 
 @pytest.mark.slow
-def test_search_cli_ray(tmp_path):
+def test_search_cli_ray(tmp_path, monkeypatch):
     "`workbench search --backend ray` prints what the local backend prints, and resumes a store the local one wrote."
     from workbench.search.store import TreeStore
+    # each Ray actor runs one torch thread; the local run must too, or its float sums (log-probabilities) differ in the last bits
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     args = ("search", "rebase", "--n", "4", "--width", "4", "--chunk", "2", "--seeds", "0,1", "--prm", "noisy", "--json")
     rc, local, err = run_cli(*args, "--save-trees", tmp_path / "local")
     assert rc == 0, err
